@@ -1,0 +1,17 @@
+# The two commands of the README: `make demo` (main job) and `make test` (test suite).
+# Both set up ./.venv first; setup is idempotent and takes seconds once done.
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/ldcache --help
+	.venv/bin/ldcache demo
+
+# pytest exits 5 when a selection collects no test: that is not a failure of the suite.
+test: setup
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi

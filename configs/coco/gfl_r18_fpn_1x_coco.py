@@ -1,0 +1,11 @@
+# Student baseline of the paper's Table 4 (no distillation): GFL R18 FPN, 1x schedule, COCO.
+_base_ = 'mmdet::gfl/gfl_r50_fpn_1x_coco.py'
+
+custom_imports = dict(imports=['ldcache.mmdet_components'], allow_failed_imports=False)
+runner_type = 'LDCacheRunner'
+
+model = dict(
+    backbone=dict(
+        depth=18,
+        init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet18')),
+    neck=dict(in_channels=[64, 128, 256, 512]))

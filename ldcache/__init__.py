@@ -1,0 +1,3 @@
+"""ldcache: offline Localization Distillation caches for mmdetection."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Stage pipelines run by the CLI: dump, train, inspect."""

@@ -1,0 +1,20 @@
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_three_stages():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("dump-teacher", "train-student", "inspect", "demo"):
+        assert command in result.output
+
+
+def test_unimplemented_stages_say_so_and_fail():
+    for command, issue in (("dump-teacher", 4), ("train-student", 5), ("inspect", 6)):
+        result = runner.invoke(app, [command])
+        assert result.exit_code == 2, command
+        assert "not implemented yet" in result.output and f"issue {issue}" in result.output
+        assert "Traceback" not in result.output

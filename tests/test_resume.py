@@ -1,0 +1,67 @@
+"""mmengine resume under torch >= 2.6: own checkpoints resume, foreign pickles are refused."""
+import pickle
+
+import pytest
+import torch
+
+from conftest import CONFIGS
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    # 16 images, batch 8: two iterations an epoch; no validation inside the schedule.
+    "train_dataloader.dataset.indices": 16,
+    "train_cfg.val_interval": 100,
+    "default_hooks.logger.interval": 1,
+    "randomness.seed": 0,
+}
+
+
+def _runner(work_dir, max_epochs, resume):
+    from ldcache.runner import runner_from_config
+
+    return runner_from_config(CONFIGS / "tiny" / "gfl_r18_tiny.py", work_dir,
+                              {**SMALL, "train_cfg.max_epochs": max_epochs}, resume=resume)
+
+
+def test_train_one_epoch_resume_and_train_on(tmp_path, shapes_root, private_home):
+    work = tmp_path / "work"
+    first = _runner(work, max_epochs=1, resume=False)
+    first.train()
+    epoch1 = torch.load(work / "epoch_1.pth", weights_only=False)
+    assert (work / "epoch_1.pth.ldsig").is_file()
+
+    second = _runner(work, max_epochs=2, resume=True)
+    second.train()
+    assert second.train_loop.epoch == 2 and second.train_loop.iter == 4
+    assert (work / "epoch_2.pth").is_file()
+    epoch2 = torch.load(work / "epoch_2.pth", weights_only=False)
+    assert epoch2["meta"]["epoch"] == 2 and epoch2["meta"]["iter"] == 4
+    # Resumed, not restarted: the optimizer kept its step count across the resume.
+    steps1 = next(iter(epoch1["optimizer"]["state"].values()))["step"]
+    steps2 = next(iter(epoch2["optimizer"]["state"].values()))["step"]
+    assert float(steps1) == 2 and float(steps2) == 4
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_refuses_a_planted_malicious_checkpoint(tmp_path, shapes_root, private_home):
+    from ldcache.checkpoint_trust import UntrustedCheckpointError
+
+    work = tmp_path / "work"
+    work.mkdir()
+    evil, marker = work / "epoch_1.pth", tmp_path / "pwned"
+    with open(evil, "wb") as f:
+        pickle.dump({"meta": {"epoch": 1, "iter": 2}, "state_dict": {}, "x": _Payload(marker)}, f)
+    (work / "last_checkpoint").write_text(str(evil))
+    runner = _runner(work, max_epochs=2, resume=True)
+    with pytest.raises(UntrustedCheckpointError):
+        runner.train()
+    assert not marker.exists()
