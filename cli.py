@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +19,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+# Library deprecation chatter that a user can do nothing about.
+warnings.filterwarnings("ignore", message=".*pkg_resources is deprecated.*")
+warnings.filterwarnings("ignore", message=".*`num_anchors` is deprecated.*")
 
 
 def _fail(message: str) -> None:
@@ -29,10 +33,74 @@ def _not_yet(command: str, issue: int) -> None:
     _fail(f"`ldcache {command}` is not implemented yet (tracked in issue {issue}).")
 
 
+def _parse_scale(text: str) -> tuple[int, int]:
+    try:
+        long_edge, short_edge = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        _fail(f"--scale takes WxH like 1333x800, not {text!r}")
+    return long_edge, short_edge
+
+
 @app.command("dump-teacher")
-def dump_teacher() -> None:
-    """Run a teacher once over a dataset and write its logits and LD masks to a Zarr store."""
-    _not_yet("dump-teacher", 4)
+def dump_teacher(
+    teacher_config: Path = typer.Argument(..., help="mmdet config of the teacher (GFL family)."),
+    teacher_checkpoint: Path = typer.Argument(..., help="Its checkpoint (loaded weights-only unless ldcache wrote it)."),
+    ann_file: Path = typer.Option(..., "--ann-file", help="COCO-format annotation file of the training images."),
+    img_dir: Path = typer.Option(..., "--img-dir", help="Folder of the images named in the annotation file."),
+    out: Path = typer.Option(..., "--out", help="Zarr store to write (a folder)."),
+    scale: Optional[list[str]] = typer.Option(
+        None, "--scale", help="View scale WxH as in mmdet's Resize(keep_ratio=True); repeat for several. "
+                              "Default: the Resize scale of the config's test pipeline."),
+    flip: bool = typer.Option(True, "--flip/--no-flip", help="Also store the horizontally flipped view of each scale."),
+    region: str = typer.Option("distill", help="distill: rows only at Main and VLR locations; dense: every location."),
+    gamma: float = typer.Option(0.25, help="Lowest VLR gamma the store supports (VLR: gamma*thr <= d < thr)."),
+    dtype: str = typer.Option("fp16", help="Stored value type: fp16 or fp32."),
+    device: str = typer.Option("auto", help="auto (a GPU when present), cpu, cuda, cuda:N."),
+    batch_size: int = typer.Option(1, help="Images per teacher forward. 1 is exact against an online teacher "
+                                           "(GroupNorm sees the padding of a batch)."),
+    workers: int = typer.Option(2, help="DataLoader workers that decode images."),
+    block_size: int = typer.Option(64, help="Image-views per block: the unit of work, resume and writer ownership."),
+    resume: bool = typer.Option(False, help="Finish a store whose dump was interrupted."),
+) -> None:
+    """Run a teacher once over a dataset and write its logits and LD masks to a Zarr store.
+
+    Under torchrun, the processes share the work and write one store.
+    """
+    from ldcache.teacher import load_config
+    from ldcache.views import parse_views
+    from pipelines.dump import DumpOptions, default_scale, run_dump
+
+    try:
+        scales = [_parse_scale(s) for s in scale] if scale else [default_scale(load_config(teacher_config))]
+        opts = DumpOptions(teacher_config, teacher_checkpoint, ann_file, img_dir, out, parse_views(scales, flip),
+                           region=region, gamma=gamma, dtype=dtype, device=device, batch_size=batch_size,
+                           workers=workers, block_size=block_size, resume=resume)
+        summary = run_dump(opts)
+    except LDCacheError as e:
+        _fail(str(e))
+    if summary is not None:
+        _print_dump_summary(out, summary)
+
+
+def _print_dump_summary(out: Path, summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"dump written to {out}", show_header=False)
+    mb = 1 << 20
+    rows = [
+        ("images x views", f"{summary['images']} x {summary['views']} = {summary['image_views']}"),
+        ("skipped images without boxes", str(summary["skipped_images_without_boxes"])),
+        ("ignored crowd / dropped degenerate boxes",
+         f"{summary['ignored_crowd_boxes']} / {summary['dropped_degenerate_boxes']}"),
+        ("rows per level", ", ".join(str(r) for r in summary["rows_per_level"])),
+        ("bytes on disk", f"{summary['bytes_on_disk'] / mb:.2f} MiB"),
+        ("bytes per image-view", f"{summary['bytes_per_image_view'] / 1024:.1f} KiB"),
+        ("compression vs dense fp16", f"{summary['compression_vs_dense_fp16']:.1f}x"),
+        ("wall time", f"{summary['wall_seconds']:.1f} s"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
 
 
 @app.command("train-student")

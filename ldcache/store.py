@@ -1,0 +1,151 @@
+"""The ldcache store: a Zarr v3 group of teacher logits and LD region data (docs/store-format.md).
+
+Rows are ragged (CSR): record r = image_index * n_views + view_index owns rows
+``ptr[r, 0] : ptr[r, L]``, level l rows ``ptr[r, l] : ptr[r, l + 1]``. Every row has a packed
+region entry in ``masks`` and its teacher logits in ``logits``, so reading one record takes two
+slices. Records are grouped in blocks of ``block_size``, and each block's rows start on a chunk
+boundary. A block has one writer, and two writers never touch one chunk. A block's ``done`` flag
+is written after its rows, and ``status`` becomes "complete" only once every block is done.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle
+
+from .errors import LDCacheError
+
+FORMAT_VERSION = 1
+STATUS_CREATED, STATUS_MASKS, STATUS_COMPLETE = "created", "masks-written", "complete"
+
+# Flag bits of a row: which region it belongs to at the dump's gamma.
+FLAG_MAIN, FLAG_VLR_OFFICIAL, FLAG_VLR_DIOU = 1, 2, 4
+MASK_DTYPE = np.dtype([
+    ("loc", "<i4"),  # y * W_l + x on the level's per-image grid
+    ("flags", "u1"),
+    ("vlr_ratio", "<f4", (2,)),  # largest d/thr below 1, per VLR metric (official, diou)
+    ("vlr_weight", "<f2", (2,)),  # IoU with the chosen GT, per VLR metric
+])
+VALUE_DTYPES = {"fp16": np.float16, "fp32": np.float32}
+
+
+def block_row_starts(counts: np.ndarray, block_size: int, chunk_rows: int) -> tuple[np.ndarray, int]:
+    """Row offset of every record [N, L+1] and the total rows, each block starting on a chunk."""
+    num_records, num_levels = counts.shape
+    ptr = np.zeros((num_records, num_levels + 1), dtype=np.int64)
+    cursor = 0
+    for start in range(0, num_records, block_size):
+        cursor = -(-cursor // chunk_rows) * chunk_rows  # next chunk boundary
+        for r in range(start, min(start + block_size, num_records)):
+            ptr[r, 0] = cursor
+            ptr[r, 1:] = cursor + np.cumsum(counts[r])
+            cursor = int(ptr[r, -1])
+    return ptr, -(-cursor // chunk_rows) * chunk_rows
+
+
+def _compressor(typesize: int) -> BloscCodec:
+    return BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.shuffle, typesize=typesize)
+
+
+def create_store(path: Path, attrs: dict, ptr: np.ndarray, total_rows: int, record_meta: dict,
+                 num_values: int, value_dtype: str, block_size: int, chunk_rows: int) -> zarr.Group:
+    """Lay out an empty store: every array allocated, no block done, status 'created'."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group.attrs.update({**attrs, "ldcache_format": FORMAT_VERSION, "status": STATUS_CREATED})
+    rows = max(total_rows, 1)
+    group.create_array("ptr", data=ptr, chunks=ptr.shape)
+    for name, values in record_meta.items():
+        group.create_array(name, data=values, chunks=values.shape)
+    group.create_array("masks", shape=(rows, MASK_DTYPE.itemsize), dtype="u1",
+                       chunks=(chunk_rows, MASK_DTYPE.itemsize), compressors=_compressor(1), fill_value=0)
+    dtype = VALUE_DTYPES[value_dtype]
+    group.create_array("logits", shape=(rows, num_values), dtype=dtype, chunks=(chunk_rows, num_values),
+                       compressors=_compressor(np.dtype(dtype).itemsize), fill_value=0)
+    num_blocks = -(-ptr.shape[0] // block_size)
+    group.create_array("done", shape=(num_blocks,), dtype="u1", chunks=(1,), fill_value=0)
+    return group
+
+
+def block_rows(ptr: np.ndarray, block: int, block_size: int) -> tuple[int, int, range]:
+    """(first row, end row, records) of a block."""
+    records = range(block * block_size, min((block + 1) * block_size, ptr.shape[0]))
+    return int(ptr[records.start, 0]), int(ptr[records.stop - 1, -1]), records
+
+
+@dataclass
+class LevelRows:
+    """One level of one record: the stored locations and their data."""
+
+    loc: np.ndarray  # int32 [R]
+    flags: np.ndarray  # uint8 [R]
+    vlr_ratio: np.ndarray  # float32 [R, 2]
+    vlr_weight: np.ndarray  # float16 [R, 2]
+    reg: np.ndarray  # [R, 4, reg_max + 1] edge-distribution logits
+    cls: np.ndarray  # [R, num_classes] class logits
+
+
+def open_group_checked(path: str | Path, require_complete: bool = True, mode: str = "r") -> zarr.Group:
+    """Open a store and refuse one that is missing, of another format version or unfinished."""
+    try:
+        group = zarr.open_group(str(path), mode=mode)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
+        raise LDCacheError(f"{path} is not an ldcache store (no Zarr group there)") from None
+    version = group.attrs.get("ldcache_format")
+    if version is None:
+        raise LDCacheError(f"{path} is a Zarr group but not an ldcache store (no ldcache_format attribute)")
+    if version != FORMAT_VERSION:
+        raise LDCacheError(f"{path} has store format version {version}; this ldcache reads version "
+                           f"{FORMAT_VERSION}. Re-run dump-teacher with this version.")
+    status = group.attrs.get("status")
+    if require_complete and status != STATUS_COMPLETE:
+        raise LDCacheError(f"{path} is unfinished (status '{status}'): its dump stopped before the end. "
+                           "Re-run the same `ldcache dump-teacher` command with --resume to finish it.")
+    return group
+
+
+class StoreReader:
+    """Read records of a finished store. Cheap to create; open one per DataLoader worker."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path) if "://" not in str(path) else path
+        self.group = open_group_checked(path)
+        self.attrs = dict(self.group.attrs)
+        if not np.all(self.group["done"][:] == 1):
+            raise LDCacheError(f"{path} says complete but some blocks are not done; re-run with --resume")
+        self.ptr = self.group["ptr"][:]
+        self.image_ids = self.group["image_ids"][:]
+        self.num_views = len(self.attrs["views"])
+        self._record_of_image = {int(i): k for k, i in enumerate(self.image_ids)}
+        self._masks = self.group["masks"]
+        self._logits = self.group["logits"]
+        head = self.attrs["head"]
+        self.bins = head["reg_max"] + 1
+        self.num_classes = head["num_classes"]
+
+    @property
+    def num_records(self) -> int:
+        return self.ptr.shape[0]
+
+    def record_index(self, image_id: int, view: int) -> int:
+        if image_id not in self._record_of_image:
+            raise LDCacheError(f"image id {image_id} is not in store {self.path}")
+        if not 0 <= view < self.num_views:
+            raise LDCacheError(f"view {view} out of range: the store has {self.num_views} views")
+        return self._record_of_image[image_id] * self.num_views + view
+
+    def read_record(self, record: int) -> list[LevelRows]:
+        """All levels of one record, with one read of `masks` and one of `logits`."""
+        bounds = self.ptr[record]
+        start, end = int(bounds[0]), int(bounds[-1])
+        masks = np.ascontiguousarray(self._masks[start:end]).view(MASK_DTYPE).reshape(-1)
+        logits = self._logits[start:end]
+        split = 4 * self.bins
+        levels = []
+        for lo, hi in zip(bounds[:-1] - start, bounds[1:] - start):
+            m, v = masks[lo:hi], logits[lo:hi]
+            levels.append(LevelRows(m["loc"], m["flags"], m["vlr_ratio"], m["vlr_weight"],
+                                    v[:, :split].reshape(-1, 4, self.bins), v[:, split:]))
+        return levels

@@ -1,0 +1,462 @@
+"""`ldcache dump-teacher`: run a teacher once and write its LD targets to a store.
+
+Pass 1 (no teacher, dask): regions from the annotations, row counts, store layout, masks.
+Pass 2 (teacher): per block of records, forward the views and write the logits at the stored
+rows, then mark the block done. Under torchrun, rank 0 does pass 1 and blocks go round-robin to
+ranks; the layout never depends on the number of processes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
+
+from ldcache.errors import LDCacheError
+from ldcache.regions import VLR_METRICS, compute_regions
+from ldcache.store import (FLAG_MAIN, FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL, MASK_DTYPE, STATUS_COMPLETE,
+                           STATUS_CREATED, STATUS_MASKS, block_row_starts, block_rows, create_store,
+                           open_group_checked)
+from ldcache.teacher import build_teacher, file_sha256, head_geometry, load_config, teacher_outputs
+from ldcache.views import View, boxes_in_view, featmap_sizes, view_geometry
+
+console = Console(stderr=True)
+REGION_MODES = ("distill", "dense")
+
+
+@dataclass
+class DumpOptions:
+    teacher_config: Path
+    checkpoint: Path
+    ann_file: Path
+    img_dir: Path
+    out: Path
+    views: list[View]
+    region: str = "distill"
+    gamma: float = 0.25
+    topk: int = 9
+    dtype: str = "fp16"
+    device: str = "auto"
+    batch_size: int = 1
+    workers: int = 2
+    block_size: int = 64
+    chunk_rows: int = 2048
+    resume: bool = False
+
+
+@dataclass
+class ImageEntry:
+    image_id: int
+    path: str
+    width: int
+    height: int
+    boxes: torch.Tensor  # [G, 4] xyxy, non-crowd, non-degenerate
+
+
+@dataclass
+class DatasetScan:
+    images: list[ImageEntry]
+    skipped_no_annotations: int = 0
+    crowd_boxes: int = 0
+    degenerate_boxes: int = 0
+    other_category_boxes: int = 0
+    classes: tuple = field(default_factory=tuple)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def scan_dataset(ann_file: Path, img_dir: Path, classes) -> DatasetScan:
+    """Images and GT boxes as mmdet's CocoDataset parses them (crowd boxes ignored, boxes under
+    1 px dropped). Images without a usable box are skipped; missing image files are an error."""
+    from mmdet.datasets import CocoDataset
+
+    if not ann_file.is_file():
+        raise LDCacheError(f"annotation file {ann_file} does not exist")
+    if not img_dir.is_dir():
+        raise LDCacheError(f"image folder {img_dir} does not exist")
+    try:
+        dataset = CocoDataset(ann_file=str(ann_file), data_prefix=dict(img=str(img_dir) + "/"),
+                              metainfo=dict(classes=classes) if classes else None,
+                              filter_cfg=None, pipeline=[], serialize_data=False)
+    except (KeyError, ValueError, json.JSONDecodeError, AssertionError) as err:
+        raise LDCacheError(f"{ann_file} is not a COCO detection annotation file: {err}") from None
+    scan = DatasetScan(images=[], classes=tuple(dataset.metainfo["classes"]))
+    wanted = set(dataset.cat_ids)
+    for ann in json.loads(ann_file.read_text()).get("annotations", []):
+        _, _, w, h = ann["bbox"]
+        if ann["category_id"] not in wanted:
+            scan.other_category_boxes += 1
+        elif ann.get("iscrowd", 0):
+            scan.crowd_boxes += 1
+        elif w < 1 or h < 1 or ann.get("area", w * h) <= 0:
+            scan.degenerate_boxes += 1
+    missing = []
+    for i in range(len(dataset)):
+        info = dataset.get_data_info(i)
+        boxes = [inst["bbox"] for inst in info["instances"] if not inst["ignore_flag"]]
+        if not boxes:
+            scan.skipped_no_annotations += 1
+            continue
+        if not os.path.isfile(info["img_path"]):
+            missing.append(info["img_path"])
+        scan.images.append(ImageEntry(int(info["img_id"]), info["img_path"], int(info["width"]),
+                                      int(info["height"]), torch.tensor(boxes, dtype=torch.float32)))
+    if missing:
+        raise LDCacheError(f"{len(missing)} image file(s) named in {ann_file} are missing under {img_dir}, "
+                           f"e.g. {missing[0]}")
+    if not scan.images:
+        raise LDCacheError(f"{ann_file} has no image with a usable box: nothing to distill")
+    return scan
+
+
+def default_scale(cfg) -> tuple[int, int]:
+    """The Resize scale of the config's test pipeline (where the student is evaluated)."""
+    pipeline = cfg.get("test_dataloader", {}).get("dataset", {}).get("pipeline", [])
+    for step in pipeline:
+        if step.get("type") == "Resize" and "scale" in step:
+            return tuple(step["scale"])
+    raise LDCacheError(f"{cfg.filename} has no Resize(scale=...) in its test pipeline; give --scale")
+
+
+# ----------------------------------------------------------------------------- pass 1: regions
+
+class RegionMaker:
+    """Region rows of one record, from the teacher head's anchor generator (mmdet's)."""
+
+    def __init__(self, geometry: dict, prior_generator, region: str, gamma: float, topk: int):
+        self.strides = geometry["strides"]
+        self.generator = prior_generator
+        self.region, self.gamma, self.topk = region, gamma, topk
+
+    def rows(self, entry: ImageEntry, view: View) -> list[np.ndarray]:
+        """Per level, the MASK_DTYPE rows to store for this image-view."""
+        geo = view_geometry(entry.width, entry.height, view)
+        sizes = featmap_sizes(geo.pad_shape, self.strides)
+        anchors = self.generator.grid_priors(sizes, device="cpu")
+        counts = [a.shape[0] for a in anchors]
+        regions = compute_regions(torch.cat(anchors), counts, boxes_in_view(entry.boxes, geo),
+                                  gamma=self.gamma, topk=self.topk)
+        vlr = regions.vlr(self.gamma)
+        flags = (regions.main.to(torch.uint8) * FLAG_MAIN
+                 + vlr[:, VLR_METRICS.index("official")].to(torch.uint8) * FLAG_VLR_OFFICIAL
+                 + vlr[:, VLR_METRICS.index("diou")].to(torch.uint8) * FLAG_VLR_DIOU)
+        keep = flags > 0 if self.region == "distill" else torch.ones_like(flags, dtype=torch.bool)
+        out, start = [], 0
+        for count in counts:
+            sl = slice(start, start + count)
+            loc = torch.nonzero(keep[sl]).squeeze(1)
+            rows = np.zeros(loc.numel(), dtype=MASK_DTYPE)
+            rows["loc"] = loc.numpy()
+            rows["flags"] = flags[sl][loc].numpy()
+            rows["vlr_ratio"] = regions.vlr_ratio[sl][loc].numpy()
+            rows["vlr_weight"] = regions.vlr_weight[sl][loc].numpy()
+            out.append(rows)
+            start += count
+        return out
+
+
+def _block_counts(maker: RegionMaker, records: list[tuple[ImageEntry, View]]) -> np.ndarray:
+    torch.set_num_threads(1)
+    return np.array([[len(r) for r in maker.rows(e, v)] for e, v in records], dtype=np.int64)
+
+
+def _write_block_masks(maker: RegionMaker, records, masks_array, start: int, end: int) -> None:
+    torch.set_num_threads(1)
+    rows = np.concatenate([r for e, v in records for r in maker.rows(e, v)]) if records else None
+    if rows is not None and len(rows):
+        assert len(rows) == end - start, "region rows changed between the two mask passes"
+        masks_array[start:end] = rows.view(np.uint8).reshape(len(rows), MASK_DTYPE.itemsize)
+
+
+def _blocks(records: list, block_size: int) -> list[list]:
+    return [records[i:i + block_size] for i in range(0, len(records), block_size)]
+
+
+def run_mask_pass(maker: RegionMaker, records: list, opts: DumpOptions, attrs: dict,
+                  record_meta: dict, num_values: int):
+    """Pass 1: count rows (dask, in parallel), lay out the store, write the masks (dask again)."""
+    import dask
+
+    blocks = _blocks(records, opts.block_size)
+    with _spinner("pass 1/2: regions from annotations (row counts)"):
+        counts = dask.compute(*[dask.delayed(_block_counts)(maker, b) for b in blocks],
+                              scheduler="threads")
+    counts = np.concatenate(counts)
+    ptr, total = block_row_starts(counts, opts.block_size, opts.chunk_rows)
+    group = create_store(opts.out, attrs, ptr, total, record_meta, num_values, opts.dtype,
+                         opts.block_size, opts.chunk_rows)
+    tasks = []
+    for b, block in enumerate(blocks):
+        start, end, _ = block_rows(ptr, b, opts.block_size)
+        tasks.append(dask.delayed(_write_block_masks)(maker, block, group["masks"], start, end))
+    with _spinner("pass 1/2: writing region masks"):
+        dask.compute(*tasks, scheduler="threads")
+    group.attrs["status"] = STATUS_MASKS
+    return group
+
+
+# ----------------------------------------------------------------------------- pass 2: teacher
+
+class ViewDataset(torch.utils.data.Dataset):
+    """Records of some blocks, loaded with mmdet's test transforms for their view."""
+
+    def __init__(self, items: list[tuple[int, ImageEntry, View]]):
+        from mmcv.transforms import Compose
+
+        self.items = items
+        self.pipelines = {}
+        for _, _, view in items:
+            if view not in self.pipelines:
+                self.pipelines[view] = Compose([
+                    dict(type="LoadImageFromFile"),
+                    dict(type="Resize", scale=view.scale, keep_ratio=True),
+                    dict(type="RandomFlip", prob=1.0 if view.flip else 0.0),
+                    dict(type="PackDetInputs",
+                         meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor",
+                                    "flip", "flip_direction")),
+                ])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        record, entry, view = self.items[i]
+        data = self.pipelines[view](dict(img_path=entry.path, img_id=entry.image_id))
+        data["record"] = record
+        return data
+
+
+def _collate(batch):
+    from mmengine.dataset import pseudo_collate
+
+    records = [b.pop("record") for b in batch]
+    return records, pseudo_collate(batch)
+
+
+def _rows_of_outputs(cls_scores, bbox_preds, index: int, levels: list[np.ndarray], sizes) -> np.ndarray:
+    """Gather one image's logits at its stored locations, level by level: [R, 4*(reg_max+1)+C]."""
+    parts = []
+    for cls, reg, rows, (h, w) in zip(cls_scores, bbox_preds, levels, sizes):
+        loc = torch.from_numpy(rows["loc"].astype(np.int64)).to(cls.device)
+        reg_flat = reg[index, :, :h, :w].reshape(reg.shape[1], -1)[:, loc]
+        cls_flat = cls[index, :, :h, :w].reshape(cls.shape[1], -1)[:, loc]
+        parts.append(torch.cat([reg_flat, cls_flat]).t())
+    return torch.cat(parts).float().cpu().numpy()
+
+
+def run_teacher_pass(model, group, records: list, my_blocks: list[int], opts: DumpOptions,
+                     device: str, strides: list[int], progress_enabled: bool) -> None:
+    ptr = group["ptr"][:]
+    masks, logits, done = group["masks"], group["logits"], group["done"]
+    img_shapes = group["img_shape"][:]
+    value_dtype = logits.dtype
+    total = sum(len(block_rows(ptr, b, opts.block_size)[2]) for b in my_blocks)
+    writer = ThreadPoolExecutor(max_workers=1)  # writing overlaps the next block's forward passes
+    pending = None
+    with _progress(progress_enabled) as progress:
+        task = progress.add_task("pass 2/2: teacher", total=total)
+        for b in my_blocks:
+            start, end, recs = block_rows(ptr, b, opts.block_size)
+            items = [(r, *records[r]) for r in recs]
+            loader = torch.utils.data.DataLoader(ViewDataset(items), batch_size=opts.batch_size,
+                                                 num_workers=opts.workers, collate_fn=_collate)
+            block_masks = np.ascontiguousarray(masks[start:end]).view(MASK_DTYPE).reshape(-1)
+            block_values = np.zeros((end - start, logits.shape[1]), dtype=value_dtype)
+            for batch_records, batch in loader:
+                cls_scores, bbox_preds = teacher_outputs(model, batch)
+                for i, r in enumerate(batch_records):
+                    sample = batch["data_samples"][i]
+                    if tuple(sample.img_shape) != tuple(img_shapes[r]):
+                        raise LDCacheError(
+                            f"image {records[r][0].image_id}: the pipeline resized it to "
+                            f"{tuple(sample.img_shape)} but pass 1 expected {tuple(img_shapes[r])}; "
+                            "is the annotation file's width/height right for this image?")
+                    lo, hi = ptr[r, 0] - start, ptr[r, -1] - start
+                    levels = [block_masks[a - start:z - start] for a, z in zip(ptr[r, :-1], ptr[r, 1:])]
+                    pad = (int(np.ceil(sample.img_shape[0] / 32) * 32), int(np.ceil(sample.img_shape[1] / 32) * 32))
+                    block_values[lo:hi] = _rows_of_outputs(cls_scores, bbox_preds, i, levels,
+                                                           featmap_sizes(pad, strides))
+                progress.advance(task, len(batch_records))
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(_write_block, logits, done, b, start, end, block_values)
+        if pending is not None:
+            pending.result()
+    writer.shutdown()
+
+
+def _write_block(logits, done, block: int, start: int, end: int, values: np.ndarray) -> None:
+    if end > start:
+        logits[start:end] = values
+    done[block] = 1  # written last: a block is done only once its rows are on disk
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+def _fingerprint(opts: DumpOptions, teacher_sha: str, config_sha: str, ann_sha: str) -> str:
+    keys = dict(teacher=teacher_sha, config=config_sha, ann=ann_sha, views=[asdict(v) for v in opts.views],
+                region=opts.region, gamma=opts.gamma, topk=opts.topk, dtype=opts.dtype,
+                block_size=opts.block_size, chunk_rows=opts.chunk_rows)
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            return f"cuda:{local}"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LDCacheError(f"--device {device} asked for, but no CUDA device is available")
+    return device
+
+
+def run_dump(opts: DumpOptions) -> dict | None:
+    """Run both passes; returns the summary on rank 0 (None on other ranks)."""
+    started = time.perf_counter()
+    if opts.region not in REGION_MODES:
+        raise LDCacheError(f"--region must be one of {REGION_MODES}, not {opts.region!r}")
+    if opts.dtype not in ("fp16", "fp32"):
+        raise LDCacheError(f"--dtype must be fp16 or fp32, not {opts.dtype!r}")
+    rank, world = _dist_info()
+    device = _resolve_device(opts.device)
+    cfg = load_config(opts.teacher_config)
+    model = build_teacher(cfg, opts.checkpoint, device)  # a checkpoint that does not fit fails here
+    geometry = head_geometry(model)
+    classes = cfg.get("train_dataloader", {}).get("dataset", {}).get("metainfo", {}).get("classes")
+    scan = scan_dataset(opts.ann_file, opts.img_dir, classes)
+    if len(scan.classes) != geometry["num_classes"]:
+        raise LDCacheError(f"the teacher predicts {geometry['num_classes']} classes but the dataset has "
+                           f"{len(scan.classes)}; give the teacher's own dataset classes")
+    records = [(entry, view) for entry in scan.images for view in opts.views]
+    fingerprint = _fingerprint(opts, file_sha256(opts.checkpoint), file_sha256(opts.teacher_config),
+                               file_sha256(opts.ann_file))
+    maker = RegionMaker(geometry, model.bbox_head.prior_generator, opts.region, opts.gamma, opts.topk)
+
+    if rank == 0:
+        _prepare_store(opts, fingerprint, scan, records, geometry, maker)
+    _barrier()
+    group = open_group_checked(opts.out, require_complete=False, mode="r+")
+    done = group["done"][:]
+    if group.attrs["status"] != STATUS_COMPLETE:
+        todo = [b for b in range(len(done)) if b % world == rank and not done[b]]
+        run_teacher_pass(model, group, records, todo, opts, device, geometry["strides"], rank == 0)
+    _barrier()
+    if rank != 0:
+        return None
+    group = open_group_checked(opts.out, require_complete=False, mode="r+")
+    if not np.all(group["done"][:] == 1):
+        raise LDCacheError(f"{opts.out}: some blocks were not written; re-run with --resume")
+    summary = _summary(group, scan, opts, time.perf_counter() - started)
+    group.attrs.update({"summary": summary, "status": STATUS_COMPLETE})
+    return summary
+
+
+def _prepare_store(opts, fingerprint, scan, records, geometry, maker) -> None:
+    """Check an existing store for --resume, or run pass 1 into a new one."""
+    out = opts.out
+    if out.exists() and any(out.iterdir()):
+        if not opts.resume:
+            raise LDCacheError(f"{out} already exists; add --resume to finish or reuse it, or choose "
+                               "another --out")
+        group = open_group_checked(out, require_complete=False, mode="r+")
+        if group.attrs.get("fingerprint") != fingerprint:
+            raise LDCacheError(f"{out} was dumped with another teacher, checkpoint, annotation file or "
+                               "options than this command; --resume needs the very same command")
+        if group.attrs["status"] != STATUS_CREATED:
+            return  # masks are in place; pass 2 picks up the blocks not done
+        console.print("resuming: pass 1 had not finished, redoing it")
+    views = [dict(name=v.name, scale=list(v.scale), flip=v.flip) for v in opts.views]
+    attrs = {
+        "fingerprint": fingerprint,
+        "teacher": {"config": str(opts.teacher_config), "config_sha256": file_sha256(opts.teacher_config),
+                    "checkpoint": str(opts.checkpoint), "checkpoint_sha256": file_sha256(opts.checkpoint)},
+        "head": geometry,
+        "dataset": {"ann_file": str(opts.ann_file), "ann_sha256": file_sha256(opts.ann_file),
+                    "img_dir": str(opts.img_dir), "classes": list(scan.classes)},
+        "views": views,
+        "region": {"mode": opts.region, "gamma": opts.gamma, "topk": opts.topk,
+                   "vlr_metrics": list(VLR_METRICS)},
+        "values": {"dtype": opts.dtype, "layout": "reg[4*(reg_max+1)] (edge-major) then cls[num_classes]",
+                   "kind": "raw logits, pre-softmax, before temperature"},
+        "layout": {"block_size": opts.block_size, "chunk_rows": opts.chunk_rows,
+                   "num_images": len(scan.images), "num_views": len(opts.views)},
+        "codecs": "blosc zstd clevel 5, byte shuffle",
+    }
+    geos = [view_geometry(e.width, e.height, v) for e, v in records]
+    record_meta = {
+        "image_ids": np.array([e.image_id for e in scan.images], dtype=np.int64),
+        "img_shape": np.array([g.img_shape for g in geos], dtype=np.int32),
+        "scale_factor": np.array([g.scale_factor for g in geos], dtype=np.float64),
+        "pad_shape": np.array([g.pad_shape for g in geos], dtype=np.int32),
+        "flip": np.array([g.flip for g in geos], dtype=np.uint8),
+    }
+    num_values = 4 * (geometry["reg_max"] + 1) + geometry["num_classes"]
+    run_mask_pass(maker, records, opts, attrs, record_meta, num_values)
+
+
+def _summary(group, scan: DatasetScan, opts: DumpOptions, wall: float) -> dict:
+    ptr = group["ptr"][:]
+    per_level = (ptr[:, 1:] - ptr[:, :-1]).sum(axis=0)
+    strides = group.attrs["head"]["strides"]
+    num_values = group["logits"].shape[1]
+    dense_locations = sum(int(np.prod(s)) for p in group["pad_shape"][:] for s in featmap_sizes(tuple(p), strides))
+    dense_bytes = dense_locations * num_values * 2
+    disk = sum(f.stat().st_size for f in Path(opts.out).rglob("*") if f.is_file())
+    records = ptr.shape[0]
+    return {
+        "images": len(scan.images), "views": len(opts.views), "image_views": records,
+        "skipped_images_without_boxes": scan.skipped_no_annotations,
+        "ignored_crowd_boxes": scan.crowd_boxes, "dropped_degenerate_boxes": scan.degenerate_boxes,
+        "rows_per_level": [int(x) for x in per_level], "bytes_on_disk": disk,
+        "bytes_per_image_view": disk / max(records, 1), "dense_fp16_bytes": dense_bytes,
+        "compression_vs_dense_fp16": dense_bytes / max(disk, 1), "wall_seconds": round(wall, 2),
+    }
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.2f} image-views/s" if task.speed else "-- image-views/s", style="cyan")
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                    disable=not enabled)
+
+
+class _spinner:
+    def __init__(self, text: str):
+        self.text = text
+
+    def __enter__(self):
+        self.status = console.status(self.text)
+        self.status.__enter__()
+
+    def __exit__(self, *exc):
+        self.status.__exit__(*exc)
+        console.print(f"[green]✓[/] {self.text}")
