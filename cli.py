@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore", message=".*`num_anchors` is deprecated.*")
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 

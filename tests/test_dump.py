@@ -1,0 +1,204 @@
+"""dump-teacher: store contents, resume after SIGKILL, torchrun, and bad inputs."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CONFIGS, REPO
+from ldcache.errors import LDCacheError
+from ldcache.store import FLAG_MAIN, STATUS_COMPLETE, StoreReader, open_group_checked
+
+TEACHER_CONFIG = CONFIGS / "tiny" / "gfl_r18_tiny.py"
+LDCACHE = str(Path(sys.executable).parent / "ldcache")
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+
+
+@pytest.fixture(scope="session")
+def random_teacher(tmp_path_factory) -> Path:
+    """A randomly initialised tiny GFL teacher saved as a plain (weights-only) checkpoint."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    register_all_modules()
+    torch.manual_seed(0)
+    model = MODELS.build(Config.fromfile(str(TEACHER_CONFIG)).model)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path
+
+
+def _dump_args(root, teacher, out, *extra):
+    return [str(TEACHER_CONFIG), str(teacher), "--ann-file", str(root / "annotations/instances_train.json"),
+            "--img-dir", str(root / "images/train"), "--out", str(out), "--workers", "0",
+            "--block-size", "4", *extra]
+
+
+def _run_cli(args, launcher=(), **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same arithmetic in every process count
+    return subprocess.run([*launcher, LDCACHE, "dump-teacher", *args], env=env, capture_output=True,
+                          text=True, **kw)
+
+
+def _arrays(path):
+    group = open_group_checked(path)
+    return {name: group[name][:] for name in ("ptr", "masks", "logits", "done", "img_shape", "image_ids")}
+
+
+def _blocks_done(out) -> int:
+    """Blocks whose done flag is on disk (zarr v3 keeps each done chunk as done/c/<block>)."""
+    chunks = out / "done" / "c"
+    return len(list(chunks.iterdir())) if chunks.is_dir() else 0
+
+
+def _assert_same_arrays(a, b):
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
+
+@pytest.fixture(scope="module")
+def reference_store(shapes_root, random_teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "store"
+    result = _run_cli(_dump_args(shapes_root, random_teacher, out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_store_holds_the_teacher_logits_at_region_rows(reference_store, shapes_root, random_teacher):
+    from ldcache.teacher import build_teacher, load_config, teacher_outputs
+    from pipelines.dump import ViewDataset, _collate, scan_dataset
+    from ldcache.views import View
+
+    reader = StoreReader(reference_store)
+    assert reader.attrs["status"] == STATUS_COMPLETE and reader.num_views == 2
+    assert reader.num_records == 2 * 48
+    summary = reader.attrs["summary"]
+    assert summary["image_views"] == 96 and summary["compression_vs_dense_fp16"] > 1
+
+    model = build_teacher(load_config(TEACHER_CONFIG), random_teacher, "cpu")
+    scan = scan_dataset(shapes_root / "annotations/instances_train.json", shapes_root / "images/train",
+                        ("star", "eff", "superstar"))
+    for image_index in (0, 1):
+        for view_index, view in enumerate([View((320, 320), False), View((320, 320), True)]):
+            record = reader.record_index(scan.images[image_index].image_id, view_index)
+            _, batch = _collate([ViewDataset([(record, scan.images[image_index], view)])[0]])
+            cls_scores, bbox_preds = teacher_outputs(model, batch)
+            levels = reader.read_record(record)
+            assert sum(len(l.loc) for l in levels) > 0
+            assert any((l.flags & FLAG_MAIN).any() for l in levels)
+            for level, cls, reg in zip(levels, cls_scores, bbox_preds):
+                assert (level.flags > 0).all(), "distill mode stores region rows only"
+                w = reg.shape[-1]
+                y, x = level.loc // w, level.loc % w
+                exact_reg = reg[0][:, y, x].t().reshape(-1, 4, 17).numpy()
+                exact_cls = cls[0][:, y, x].t().numpy()
+                np.testing.assert_allclose(level.reg.astype(np.float32), exact_reg, rtol=1e-3, atol=1e-3)
+                np.testing.assert_allclose(level.cls.astype(np.float32), exact_cls, rtol=1e-3, atol=1e-3)
+
+
+def test_dense_mode_stores_every_location(shapes_root, random_teacher, tmp_path):
+    out = tmp_path / "dense"
+    result = _run_cli(_dump_args(shapes_root, random_teacher, out, "--region", "dense", "--no-flip"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    reader = StoreReader(out)
+    pad = reader.group["pad_shape"][0]
+    levels = reader.read_record(0)
+    for level, stride in zip(levels, (8, 16, 32, 64, 128)):
+        expected = int(np.ceil(pad[0] / stride) * np.ceil(pad[1] / stride))
+        assert np.array_equal(level.loc, np.arange(expected))
+
+
+def test_sigkilled_dump_is_refused_then_resumes_to_identical_arrays(reference_store, shapes_root,
+                                                                   random_teacher, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([LDCACHE, "dump-teacher", *_dump_args(shapes_root, random_teacher, out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not _blocks_done(out):
+        time.sleep(0.02)
+    time.sleep(0.3)  # inside a later block
+    assert proc.poll() is None, "the dump ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 0 < _blocks_done(out) < 24, "killed in the middle of pass 2"
+    with pytest.raises(LDCacheError, match="unfinished"):
+        StoreReader(out)
+    refused = _run_cli(_dump_args(shapes_root, random_teacher, out))
+    assert refused.returncode == 2 and "--resume" in refused.stderr and "Traceback" not in refused.stderr
+    resumed = _run_cli(_dump_args(shapes_root, random_teacher, out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_arrays(_arrays(out), _arrays(reference_store))
+
+
+def test_two_torchrun_processes_write_the_same_store(reference_store, shapes_root, random_teacher, tmp_path):
+    out = tmp_path / "two"
+    launcher = (TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python")
+    result = _run_cli(_dump_args(shapes_root, random_teacher, out), launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same_arrays(_arrays(out), _arrays(reference_store))
+
+
+def test_resume_with_other_options_is_refused(reference_store, shapes_root, random_teacher, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(reference_store, out)
+    result = _run_cli(_dump_args(shapes_root, random_teacher, out, "--resume", "--dtype", "fp32"))
+    assert result.returncode == 2 and "very same command" in result.stderr
+
+
+def _edited_dataset(root, tmp_path, edit):
+    ann = json.loads((root / "annotations/instances_train.json").read_text())
+    edit(ann)
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(ann))
+    return path
+
+
+def test_bad_inputs_give_one_line_errors(shapes_root, random_teacher, tmp_path):
+    def missing_image(ann):
+        ann["images"][3]["file_name"] = "nowhere.png"
+
+    ann = _edited_dataset(shapes_root, tmp_path, missing_image)
+    args = _dump_args(shapes_root, random_teacher, tmp_path / "s1")
+    args[args.index("--ann-file") + 1] = str(ann)
+    result = _run_cli(args)
+    assert result.returncode == 2 and "missing" in result.stderr and "nowhere.png" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "s1").exists()
+
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, wrong)
+    result = _run_cli(_dump_args(shapes_root, wrong, tmp_path / "s2"))
+    assert result.returncode == 2 and "does not fit" in result.stderr and "Traceback" not in result.stderr
+
+    result = _run_cli(_dump_args(shapes_root, random_teacher, tmp_path / "s3")[:1] + [str(tmp_path / "none.pth")]
+                      + _dump_args(shapes_root, random_teacher, tmp_path / "s3")[2:])
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_crowd_degenerate_and_empty_images_are_counted(shapes_root, random_teacher, tmp_path):
+    def edit(ann):
+        first = ann["images"][0]["id"]
+        ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] != first]
+        second = ann["images"][1]["id"]
+        ann["annotations"].append({"id": 10**6, "image_id": second, "category_id": 1,
+                                   "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 1})
+        ann["annotations"].append({"id": 10**6 + 1, "image_id": second, "category_id": 1,
+                                   "bbox": [10, 10, 0, 30], "area": 0, "iscrowd": 0})
+        ann["images"] = ann["images"][:6]
+
+    ann = _edited_dataset(shapes_root, tmp_path, edit)
+    args = _dump_args(shapes_root, random_teacher, tmp_path / "s")
+    args[args.index("--ann-file") + 1] = str(ann)
+    result = _run_cli(args + ["--no-flip"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = StoreReader(tmp_path / "s").attrs["summary"]
+    assert summary["skipped_images_without_boxes"] == 1 and summary["images"] == 5
+    assert summary["ignored_crowd_boxes"] == 1 and summary["dropped_degenerate_boxes"] == 1
