@@ -103,10 +103,43 @@ def _print_dump_summary(out: Path, summary: dict) -> None:
     Console().print(table)
 
 
+def _parse_cfg_options(items: list[str] | None) -> dict:
+    from mmengine.config import DictAction
+
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--cfg-options takes key=value pairs, not {item!r}")
+        options[key] = DictAction._parse_iterable(value)
+    return options
+
+
 @app.command("train-student")
-def train_student() -> None:
-    """Train a student with Localization Distillation from a cached teacher store."""
-    _not_yet("train-student", 5)
+def train_student(
+    student_config: Path = typer.Argument(..., help="Cached-LD student config (e.g. configs/tiny/ld_r18_tiny_cached.py)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Store written by dump-teacher (overrides the config's)."),
+    teacher: Optional[tuple[str, str]] = typer.Option(
+        None, "--teacher", help="CONFIG CKPT: online LD with a live teacher, through the same losses."),
+    work_dir: Optional[Path] = typer.Option(None, help="Checkpoints and logs (default work_dirs/<config name>)."),
+    resume: bool = typer.Option(False, help="Resume from the latest checkpoint in the work dir."),
+    cfg_options: Optional[list[str]] = typer.Option(
+        None, "--cfg-options", help="key=value overrides of the config, repeatable (mmengine syntax)."),
+) -> None:
+    """Train a student with Localization Distillation from a cached teacher store.
+
+    Works under torchrun (DDP, mmengine's pytorch launcher). Evaluation uses the config's
+    val_evaluator (CocoMetric) at its val_interval.
+    """
+    from pipelines.train import build_student_runner
+
+    online = (Path(teacher[0]), Path(teacher[1])) if teacher and teacher[0] is not None else None
+    try:
+        runner = build_student_runner(student_config, cache, online, work_dir,
+                                      _parse_cfg_options(cfg_options), resume)
+        runner.train()
+    except LDCacheError as e:
+        _fail(str(e))
 
 
 @app.command("inspect")

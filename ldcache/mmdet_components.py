@@ -1,2 +1,3 @@
 """Imported by configs (``custom_imports``): registers ldcache's components with mmengine/mmdet."""
-from . import checkpoint_trust, runner  # noqa: F401  (import side effect: registration)
+from . import (cached_ld_head, checkpoint_trust, ld_cache_check_hook, load_ld_targets,  # noqa: F401
+               online_ld_gfl, runner)

@@ -9,7 +9,6 @@ is written after its rows, and ``status`` becomes "complete" only once every blo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,18 +74,6 @@ def block_rows(ptr: np.ndarray, block: int, block_size: int) -> tuple[int, int, 
     return int(ptr[records.start, 0]), int(ptr[records.stop - 1, -1]), records
 
 
-@dataclass
-class LevelRows:
-    """One level of one record: the stored locations and their data."""
-
-    loc: np.ndarray  # int32 [R]
-    flags: np.ndarray  # uint8 [R]
-    vlr_ratio: np.ndarray  # float32 [R, 2]
-    vlr_weight: np.ndarray  # float16 [R, 2]
-    reg: np.ndarray  # [R, 4, reg_max + 1] edge-distribution logits
-    cls: np.ndarray  # [R, num_classes] class logits
-
-
 def open_group_checked(path: str | Path, require_complete: bool = True, mode: str = "r") -> zarr.Group:
     """Open a store and refuse one that is missing, of another format version or unfinished."""
     try:
@@ -119,10 +106,14 @@ class StoreReader:
         self.image_ids = self.group["image_ids"][:]
         self.num_views = len(self.attrs["views"])
         self._record_of_image = {int(i): k for k, i in enumerate(self.image_ids)}
+        self.img_shape = self.group["img_shape"][:]
+        self.pad_shape = self.group["pad_shape"][:]
+        self.scale_factor = self.group["scale_factor"][:]
+        self.flip = self.group["flip"][:]
         self._masks = self.group["masks"]
         self._logits = self.group["logits"]
         head = self.attrs["head"]
-        self.bins = head["reg_max"] + 1
+        self.strides = head["strides"]
         self.num_classes = head["num_classes"]
 
     @property
@@ -136,16 +127,31 @@ class StoreReader:
             raise LDCacheError(f"view {view} out of range: the store has {self.num_views} views")
         return self._record_of_image[image_id] * self.num_views + view
 
-    def read_record(self, record: int) -> list[LevelRows]:
-        """All levels of one record, with one read of `masks` and one of `logits`."""
+    def read_record(self, record: int):
+        """All levels of one record (an LDTargets), with one read of `masks` and one of `logits`."""
+        from .targets import LDTargets
+        from .views import featmap_sizes
+
         bounds = self.ptr[record]
         start, end = int(bounds[0]), int(bounds[-1])
         masks = np.ascontiguousarray(self._masks[start:end]).view(MASK_DTYPE).reshape(-1)
-        logits = self._logits[start:end]
-        split = 4 * self.bins
-        levels = []
-        for lo, hi in zip(bounds[:-1] - start, bounds[1:] - start):
-            m, v = masks[lo:hi], logits[lo:hi]
-            levels.append(LevelRows(m["loc"], m["flags"], m["vlr_ratio"], m["vlr_weight"],
-                                    v[:, :split].reshape(-1, 4, self.bins), v[:, split:]))
-        return levels
+        grid = featmap_sizes(tuple(self.pad_shape[record]), self.strides)
+        return LDTargets(bounds - start, np.asarray(grid, dtype=np.int64), masks,
+                         self._logits[start:end], self.num_classes)
+
+    def match_view(self, image_id: int, img_shape, scale_factor, flip: bool) -> int:
+        """The record of this image whose geometry is exactly the sample's, or a clear error."""
+        first = self.record_index(image_id, 0)
+        candidates = range(first, first + self.num_views)
+        for record in candidates:
+            if (tuple(self.img_shape[record]) == tuple(img_shape) and bool(self.flip[record]) == bool(flip)
+                    and np.allclose(self.scale_factor[record], scale_factor, rtol=1e-6)):
+                return record
+        stored = ", ".join(f"{tuple(int(v) for v in self.img_shape[r])}{' flipped' if self.flip[r] else ''}"
+                           for r in candidates)
+        raise LDCacheError(
+            f"image {image_id}: the pipeline produced img_shape {tuple(img_shape)}"
+            f"{' flipped' if flip else ''} (scale_factor {tuple(round(float(v), 4) for v in scale_factor)}), "
+            f"but the store {self.path} holds views {stored} only "
+            f"(dumped at scales {[v['scale'] for v in self.attrs['views']]}). Make the train pipeline "
+            "resize and flip as the dump did, or dump the views it needs (--scale, --flip).")

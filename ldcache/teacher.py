@@ -50,9 +50,8 @@ def build_teacher(cfg: Config, checkpoint: str | Path, device: str) -> torch.nn.
     return model.to(device).eval()
 
 
-def head_geometry(model: torch.nn.Module) -> dict:
+def head_geometry(head: torch.nn.Module) -> dict:
     """What a student head must share with the teacher for cached targets to line up."""
-    head = model.bbox_head
     gen = head.prior_generator
     return {
         "num_classes": int(head.num_classes),

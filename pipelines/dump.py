@@ -24,10 +24,10 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from ldcache.errors import LDCacheError
-from ldcache.regions import VLR_METRICS, compute_regions
-from ldcache.store import (FLAG_MAIN, FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL, MASK_DTYPE, STATUS_COMPLETE,
-                           STATUS_CREATED, STATUS_MASKS, block_row_starts, block_rows, create_store,
-                           open_group_checked)
+from ldcache.regions import VLR_METRICS
+from ldcache.store import (MASK_DTYPE, STATUS_COMPLETE, STATUS_CREATED, STATUS_MASKS, block_row_starts,
+                           block_rows, create_store, open_group_checked)
+from ldcache.targets import RegionRowMaker, gather_logits
 from ldcache.teacher import build_teacher, file_sha256, head_geometry, load_config, teacher_outputs
 from ldcache.views import View, boxes_in_view, featmap_sizes, view_geometry
 
@@ -131,49 +131,19 @@ def default_scale(cfg) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- pass 1: regions
 
-class RegionMaker:
-    """Region rows of one record, from the teacher head's anchor generator (mmdet's)."""
-
-    def __init__(self, geometry: dict, prior_generator, region: str, gamma: float, topk: int):
-        self.strides = geometry["strides"]
-        self.generator = prior_generator
-        self.region, self.gamma, self.topk = region, gamma, topk
-
-    def rows(self, entry: ImageEntry, view: View) -> list[np.ndarray]:
-        """Per level, the MASK_DTYPE rows to store for this image-view."""
-        geo = view_geometry(entry.width, entry.height, view)
-        sizes = featmap_sizes(geo.pad_shape, self.strides)
-        anchors = self.generator.grid_priors(sizes, device="cpu")
-        counts = [a.shape[0] for a in anchors]
-        regions = compute_regions(torch.cat(anchors), counts, boxes_in_view(entry.boxes, geo),
-                                  gamma=self.gamma, topk=self.topk)
-        vlr = regions.vlr(self.gamma)
-        flags = (regions.main.to(torch.uint8) * FLAG_MAIN
-                 + vlr[:, VLR_METRICS.index("official")].to(torch.uint8) * FLAG_VLR_OFFICIAL
-                 + vlr[:, VLR_METRICS.index("diou")].to(torch.uint8) * FLAG_VLR_DIOU)
-        keep = flags > 0 if self.region == "distill" else torch.ones_like(flags, dtype=torch.bool)
-        out, start = [], 0
-        for count in counts:
-            sl = slice(start, start + count)
-            loc = torch.nonzero(keep[sl]).squeeze(1)
-            rows = np.zeros(loc.numel(), dtype=MASK_DTYPE)
-            rows["loc"] = loc.numpy()
-            rows["flags"] = flags[sl][loc].numpy()
-            rows["vlr_ratio"] = regions.vlr_ratio[sl][loc].numpy()
-            rows["vlr_weight"] = regions.vlr_weight[sl][loc].numpy()
-            out.append(rows)
-            start += count
-        return out
+def _record_rows(maker: RegionRowMaker, entry: ImageEntry, view: View) -> list[np.ndarray]:
+    geo = view_geometry(entry.width, entry.height, view)
+    return maker.rows(boxes_in_view(entry.boxes, geo), geo.pad_shape)
 
 
-def _block_counts(maker: RegionMaker, records: list[tuple[ImageEntry, View]]) -> np.ndarray:
+def _block_counts(maker: RegionRowMaker, records: list[tuple[ImageEntry, View]]) -> np.ndarray:
     torch.set_num_threads(1)
-    return np.array([[len(r) for r in maker.rows(e, v)] for e, v in records], dtype=np.int64)
+    return np.array([[len(r) for r in _record_rows(maker, e, v)] for e, v in records], dtype=np.int64)
 
 
-def _write_block_masks(maker: RegionMaker, records, masks_array, start: int, end: int) -> None:
+def _write_block_masks(maker: RegionRowMaker, records, masks_array, start: int, end: int) -> None:
     torch.set_num_threads(1)
-    rows = np.concatenate([r for e, v in records for r in maker.rows(e, v)]) if records else None
+    rows = np.concatenate([r for e, v in records for r in _record_rows(maker, e, v)]) if records else None
     if rows is not None and len(rows):
         assert len(rows) == end - start, "region rows changed between the two mask passes"
         masks_array[start:end] = rows.view(np.uint8).reshape(len(rows), MASK_DTYPE.itemsize)
@@ -183,7 +153,7 @@ def _blocks(records: list, block_size: int) -> list[list]:
     return [records[i:i + block_size] for i in range(0, len(records), block_size)]
 
 
-def run_mask_pass(maker: RegionMaker, records: list, opts: DumpOptions, attrs: dict,
+def run_mask_pass(maker: RegionRowMaker, records: list, opts: DumpOptions, attrs: dict,
                   record_meta: dict, num_values: int):
     """Pass 1: count rows (dask, in parallel), lay out the store, write the masks (dask again)."""
     import dask
@@ -244,22 +214,11 @@ def _collate(batch):
     return records, pseudo_collate(batch)
 
 
-def _rows_of_outputs(cls_scores, bbox_preds, index: int, levels: list[np.ndarray], sizes) -> np.ndarray:
-    """Gather one image's logits at its stored locations, level by level: [R, 4*(reg_max+1)+C]."""
-    parts = []
-    for cls, reg, rows, (h, w) in zip(cls_scores, bbox_preds, levels, sizes):
-        loc = torch.from_numpy(rows["loc"].astype(np.int64)).to(cls.device)
-        reg_flat = reg[index, :, :h, :w].reshape(reg.shape[1], -1)[:, loc]
-        cls_flat = cls[index, :, :h, :w].reshape(cls.shape[1], -1)[:, loc]
-        parts.append(torch.cat([reg_flat, cls_flat]).t())
-    return torch.cat(parts).float().cpu().numpy()
-
-
 def run_teacher_pass(model, group, records: list, my_blocks: list[int], opts: DumpOptions,
                      device: str, strides: list[int], progress_enabled: bool) -> None:
     ptr = group["ptr"][:]
     masks, logits, done = group["masks"], group["logits"], group["done"]
-    img_shapes = group["img_shape"][:]
+    img_shapes, pad_shapes = group["img_shape"][:], group["pad_shape"][:]
     value_dtype = logits.dtype
     total = sum(len(block_rows(ptr, b, opts.block_size)[2]) for b in my_blocks)
     writer = ThreadPoolExecutor(max_workers=1)  # writing overlaps the next block's forward passes
@@ -284,9 +243,8 @@ def run_teacher_pass(model, group, records: list, my_blocks: list[int], opts: Du
                             "is the annotation file's width/height right for this image?")
                     lo, hi = ptr[r, 0] - start, ptr[r, -1] - start
                     levels = [block_masks[a - start:z - start] for a, z in zip(ptr[r, :-1], ptr[r, 1:])]
-                    pad = (int(np.ceil(sample.img_shape[0] / 32) * 32), int(np.ceil(sample.img_shape[1] / 32) * 32))
-                    block_values[lo:hi] = _rows_of_outputs(cls_scores, bbox_preds, i, levels,
-                                                           featmap_sizes(pad, strides))
+                    grid = featmap_sizes(tuple(pad_shapes[r]), strides)
+                    block_values[lo:hi] = gather_logits(cls_scores, bbox_preds, i, levels, grid).cpu().numpy()
                 progress.advance(task, len(batch_records))
             if pending is not None:
                 pending.result()
@@ -346,7 +304,7 @@ def run_dump(opts: DumpOptions) -> dict | None:
     device = _resolve_device(opts.device)
     cfg = load_config(opts.teacher_config)
     model = build_teacher(cfg, opts.checkpoint, device)  # a checkpoint that does not fit fails here
-    geometry = head_geometry(model)
+    geometry = head_geometry(model.bbox_head)
     classes = cfg.get("train_dataloader", {}).get("dataset", {}).get("metainfo", {}).get("classes")
     scan = scan_dataset(opts.ann_file, opts.img_dir, classes)
     if len(scan.classes) != geometry["num_classes"]:
@@ -355,7 +313,8 @@ def run_dump(opts: DumpOptions) -> dict | None:
     records = [(entry, view) for entry in scan.images for view in opts.views]
     fingerprint = _fingerprint(opts, file_sha256(opts.checkpoint), file_sha256(opts.teacher_config),
                                file_sha256(opts.ann_file))
-    maker = RegionMaker(geometry, model.bbox_head.prior_generator, opts.region, opts.gamma, opts.topk)
+    maker = RegionRowMaker(model.bbox_head.prior_generator, geometry["strides"], opts.region, opts.gamma,
+                           opts.topk)
 
     if rank == 0:
         _prepare_store(opts, fingerprint, scan, records, geometry, maker)

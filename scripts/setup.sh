@@ -126,7 +126,9 @@ ensure_project() {
         return
     fi
     say "installing ldcache (editable) with mmdet, mmengine, zarr, dask, kwcoco and the test tools"
-    pip install -q -e ".[test]"
+    # The build backend is chatty about editable installs: keep its output for when it fails.
+    pip install -q -e ".[test]" > "$venv/setup-pip.log" 2>&1 \
+        || { cat "$venv/setup-pip.log" >&2; echo "setup: installing ldcache failed (log above)" >&2; exit 1; }
     echo "$want" > "$stamp"
 }
 

@@ -1,12 +1,30 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+BIN = Path(sys.executable).parent
+TEACHER_CONFIG = CONFIGS / "tiny" / "gfl_r18_tiny.py"
+
+
+def dump_args(root, teacher, out, *extra) -> list[str]:
+    """dump-teacher arguments for the shapes train split, small blocks, no loader workers."""
+    return [str(TEACHER_CONFIG), str(teacher), "--ann-file", str(root / "annotations/instances_train.json"),
+            "--img-dir", str(root / "images/train"), "--out", str(out), "--workers", "0",
+            "--block-size", "4", *extra]
+
+
+def run_dump_cli(args, launcher=(), **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same arithmetic in every process count
+    return subprocess.run([*launcher, str(BIN / "ldcache"), "dump-teacher", *args], env=env,
+                          capture_output=True, text=True, **kw)
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +43,27 @@ def private_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "ldcache-home"
     monkeypatch.setenv("LDCACHE_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def random_teacher(tmp_path_factory) -> Path:
+    """A randomly initialised tiny GFL teacher saved as a plain (weights-only) checkpoint."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    register_all_modules()
+    torch.manual_seed(0)
+    model = MODELS.build(Config.fromfile(str(TEACHER_CONFIG)).model)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shapes_store(shapes_root, random_teacher, tmp_path_factory) -> Path:
+    """The random teacher dumped over the shapes train split: identity and flipped views."""
+    out = tmp_path_factory.mktemp("store") / "teacher.zarr"
+    result = run_dump_cli(dump_args(shapes_root, random_teacher, out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out

@@ -12,40 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, dump_args as _dump_args, run_dump_cli as _run_cli
 from ldcache.errors import LDCacheError
 from ldcache.store import FLAG_MAIN, STATUS_COMPLETE, StoreReader, open_group_checked
 
 TEACHER_CONFIG = CONFIGS / "tiny" / "gfl_r18_tiny.py"
 LDCACHE = str(Path(sys.executable).parent / "ldcache")
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
-
-
-@pytest.fixture(scope="session")
-def random_teacher(tmp_path_factory) -> Path:
-    """A randomly initialised tiny GFL teacher saved as a plain (weights-only) checkpoint."""
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    from mmengine.config import Config
-
-    register_all_modules()
-    torch.manual_seed(0)
-    model = MODELS.build(Config.fromfile(str(TEACHER_CONFIG)).model)
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pth"
-    torch.save({"state_dict": model.state_dict()}, path)
-    return path
-
-
-def _dump_args(root, teacher, out, *extra):
-    return [str(TEACHER_CONFIG), str(teacher), "--ann-file", str(root / "annotations/instances_train.json"),
-            "--img-dir", str(root / "images/train"), "--out", str(out), "--workers", "0",
-            "--block-size", "4", *extra]
-
-
-def _run_cli(args, launcher=(), **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same arithmetic in every process count
-    return subprocess.run([*launcher, LDCACHE, "dump-teacher", *args], env=env, capture_output=True,
-                          text=True, **kw)
 
 
 def _arrays(path):
@@ -65,11 +38,8 @@ def _assert_same_arrays(a, b):
 
 
 @pytest.fixture(scope="module")
-def reference_store(shapes_root, random_teacher, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref") / "store"
-    result = _run_cli(_dump_args(shapes_root, random_teacher, out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+def reference_store(shapes_store):
+    return shapes_store
 
 
 def test_store_holds_the_teacher_logits_at_region_rows(reference_store, shapes_root, random_teacher):
@@ -91,7 +61,7 @@ def test_store_holds_the_teacher_logits_at_region_rows(reference_store, shapes_r
             record = reader.record_index(scan.images[image_index].image_id, view_index)
             _, batch = _collate([ViewDataset([(record, scan.images[image_index], view)])[0]])
             cls_scores, bbox_preds = teacher_outputs(model, batch)
-            levels = reader.read_record(record)
+            levels = reader.read_record(record).levels()
             assert sum(len(l.loc) for l in levels) > 0
             assert any((l.flags & FLAG_MAIN).any() for l in levels)
             for level, cls, reg in zip(levels, cls_scores, bbox_preds):
@@ -110,7 +80,7 @@ def test_dense_mode_stores_every_location(shapes_root, random_teacher, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     reader = StoreReader(out)
     pad = reader.group["pad_shape"][0]
-    levels = reader.read_record(0)
+    levels = reader.read_record(0).levels()
     for level, stride in zip(levels, (8, 16, 32, 64, 128)):
         expected = int(np.ceil(pad[0] / stride) * np.ceil(pad[1] / stride))
         assert np.array_equal(level.loc, np.arange(expected))

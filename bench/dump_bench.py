@@ -1,0 +1,181 @@
+"""Benchmark of `ldcache dump-teacher`: the four figures issue 4 asks for, measured in one run.
+
+1. overhead: dump wall time / the teacher's forward passes alone over the same image-views.
+2. size: bytes per image-view at COCO geometry (1333x800, about 7 boxes per image with COCO's
+   size mix), distill vs dense fp16.
+3. fidelity: LD's KL at T=10 between the stored values and the exact fp32 teacher outputs.
+4. reading: time to read and decode one complete record.
+
+It uses a randomly initialised teacher (no pretrained weights can be had here), so absolute speeds
+are not the point: the ratios are, all measured side by side in this run.
+
+    python bench/dump_bench.py                          # tiny teacher, 16 COCO-geometry images
+    python bench/dump_bench.py --teacher configs/coco/gfl_r101_fpn_ms-2x_coco_teacher.py --images 8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# COCO train2017: about 7.3 boxes per image; 41% small (< 32^2), 34% medium, 24% large (> 96^2).
+COCO_SIZE_MIX = ((0.41, 8, 32), (0.34, 32, 96), (0.25, 96, 400))
+
+
+def make_coco_geometry_set(root: Path, num_images: int, seed: int = 0) -> tuple[Path, Path]:
+    """Synthetic 1333x800 images with boxes drawn from COCO's box count and size statistics."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for image_id in range(1, num_images + 1):
+        width, height = 1333, 800
+        canvas = rng.integers(60, 200, size=(height, width, 3), dtype=np.uint8)
+        canvas = cv2.GaussianBlur(canvas, (0, 0), 8)
+        for _ in range(max(1, rng.poisson(7.3))):
+            share = rng.random()
+            _, lo, hi = next(m for m, c in zip(COCO_SIZE_MIX, np.cumsum([m[0] for m in COCO_SIZE_MIX]))
+                             if share <= c)
+            side = np.sqrt(rng.uniform(lo * lo, hi * hi))
+            aspect = np.exp(rng.normal(0, 0.5))
+            w, h = min(side * np.sqrt(aspect), width - 2), min(side / np.sqrt(aspect), height - 2)
+            x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+            cv2.rectangle(canvas, (int(x), int(y)), (int(x + w), int(y + h)),
+                          tuple(int(c) for c in rng.integers(0, 255, 3)), -1)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": int(rng.integers(1, 4)), "bbox": [x, y, w, h],
+                                "area": w * h, "iscrowd": 0})
+        name = f"{image_id:06d}.jpg"
+        cv2.imwrite(str(root / "images" / name), canvas)
+        images.append({"id": image_id, "file_name": name, "width": width, "height": height})
+    ann = root / "instances.json"
+    categories = [{"id": i, "name": n} for i, n in enumerate(("star", "eff", "superstar"), 1)]
+    ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return ann, root / "images"
+
+
+def random_teacher_checkpoint(config: Path, out: Path, num_classes: int) -> Path:
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    register_all_modules()
+    cfg = Config.fromfile(str(config))
+    cfg.model.bbox_head.num_classes = num_classes
+    cfg.model.backbone.init_cfg = None
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    torch.save({"state_dict": model.state_dict()}, out)
+    cfg.dump(str(out.with_suffix(".py")))
+    return out.with_suffix(".py")
+
+
+def forward_only_seconds(model, items, batch_size: int) -> float:
+    """The teacher's forward passes over the same image-views, loading included, nothing written."""
+    from pipelines.dump import ViewDataset, _collate
+    from ldcache.teacher import teacher_outputs
+
+    loader = torch.utils.data.DataLoader(ViewDataset(items), batch_size=batch_size, num_workers=2,
+                                         collate_fn=_collate)
+    start = time.perf_counter()
+    for _, batch in loader:
+        teacher_outputs(model, batch)
+    return time.perf_counter() - start
+
+
+def kl_fidelity(model, reader, items, temperature: float = 10.0) -> float:
+    """Mean |KL(p_stored || p_exact) | per edge, nats, with p = softmax(logits / T) over the bins."""
+    from pipelines.dump import ViewDataset, _collate
+    from ldcache.teacher import teacher_outputs
+
+    errors = []
+    for record, entry, view in items:
+        _, batch = _collate([ViewDataset([(record, entry, view)])[0]])
+        _, bbox_preds = teacher_outputs(model, batch)
+        for level, reg in zip(reader.read_record(record).levels(), bbox_preds):
+            w = reg.shape[-1]
+            exact = reg[0][:, level.loc // w, level.loc % w].t().reshape(-1, 17).double()
+            stored = torch.from_numpy(level.reg.astype(np.float64)).reshape(-1, 17)
+            log_p_exact = torch.log_softmax(exact / temperature, -1)
+            log_p_stored = torch.log_softmax(stored / temperature, -1)
+            kl = (log_p_exact.exp() * (log_p_exact - log_p_stored)).sum(-1)
+            errors.append(kl.abs())
+    return float(torch.cat(errors).mean())
+
+
+def read_seconds_per_record(path: Path, repeats: int = 3) -> float:
+    from ldcache.store import StoreReader
+
+    reader = StoreReader(path)
+    reader.read_record(0)  # warm the caches of the first open
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for r in range(reader.num_records):
+            reader.read_record(r)
+    return (time.perf_counter() - start) / (repeats * reader.num_records)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", type=Path, default=REPO / "configs/tiny/gfl_r34_tiny_teacher.py")
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--scale", default="1333x800")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+
+    from ldcache.teacher import build_teacher, load_config
+    from ldcache.store import StoreReader
+    from ldcache.views import parse_views
+    from pipelines.dump import DumpOptions, run_dump, scan_dataset
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="ldcache-bench-"))
+    ann, img_dir = make_coco_geometry_set(work / "data", args.images)
+    config = random_teacher_checkpoint(args.teacher, work / "teacher.pth", num_classes=3)
+    scale = tuple(int(v) for v in args.scale.split("x"))
+    views = parse_views([scale], flip=True)
+
+    results = {}
+    for region in ("distill", "dense"):
+        out = work / f"store-{region}"
+        opts = DumpOptions(config, work / "teacher.pth", ann, img_dir, out, views, region=region,
+                           workers=2, block_size=8)
+        start = time.perf_counter()
+        summary = run_dump(opts)
+        results[region] = {"wall": time.perf_counter() - start, **summary}
+
+    model = build_teacher(load_config(config), work / "teacher.pth", "cpu")
+    scan = scan_dataset(ann, img_dir, ("star", "eff", "superstar"))
+    reader = StoreReader(work / "store-distill")
+    items = [(reader.record_index(e.image_id, v), e, view)
+             for e in scan.images for v, view in enumerate(views)]
+    forward = forward_only_seconds(model, items, batch_size=1)
+    fidelity = kl_fidelity(model, reader, items[:4])
+    read = read_seconds_per_record(work / "store-distill")
+
+    distill, dense = results["distill"], results["dense"]
+    print(json.dumps({
+        "teacher": str(args.teacher.relative_to(REPO)), "image_views": distill["image_views"],
+        "input": args.scale,
+        "overhead_dump_over_forward": round(distill["wall"] / forward, 3),
+        "dump_seconds": round(distill["wall"], 2), "forward_only_seconds": round(forward, 2),
+        "distill_bytes_per_image_view": round(distill["bytes_per_image_view"]),
+        "dense_store_bytes_per_image_view": round(dense["bytes_per_image_view"]),
+        "dense_fp16_raw_bytes_per_image_view": round(distill["dense_fp16_bytes"] / distill["image_views"]),
+        "distill_vs_dense_fp16": round(distill["compression_vs_dense_fp16"], 1),
+        "rows_per_level": distill["rows_per_level"],
+        "kl_T10_error_nats_per_edge": fidelity,
+        "read_ms_per_record": round(read * 1e3, 3),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""train-student: cached LD equals online LD, equals mmdet's LDHead, refuses what does not fit."""
+import copy
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from conftest import BIN, CONFIGS, TEACHER_CONFIG
+from ldcache.errors import LDCacheError
+
+CACHED_CONFIG = CONFIGS / "tiny" / "ld_r18_tiny_cached.py"
+LD_TERMS = ("loss_ld", "loss_ld_vlr", "loss_kd")
+
+
+def _cached_cfg(store, flip: float = 0.0, **head) -> Config:
+    from pipelines.train import use_cache
+
+    cfg = Config.fromfile(str(CACHED_CONFIG))
+    use_cache(cfg, str(store))
+    for step in cfg.train_dataloader.dataset.pipeline:
+        if step["type"] == "RandomFlip":
+            step["prob"] = flip
+    cfg.model.bbox_head.update(head)
+    return cfg
+
+
+def _models_and_batch(cfg, teacher, image_index=0):
+    """The cached student, an online twin with the same weights, and one preprocessed batch."""
+    from mmdet.registry import DATASETS, MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.dataset import pseudo_collate
+
+    import ldcache.mmdet_components  # noqa: F401
+    from pipelines.train import use_online_teacher
+
+    register_all_modules()
+    torch.manual_seed(1)
+    student = MODELS.build(cfg.model)
+    student.init_weights()
+    online_cfg = copy.deepcopy(cfg)
+    use_online_teacher(online_cfg, TEACHER_CONFIG, teacher)
+    online = MODELS.build(online_cfg.model)
+    online.load_state_dict(student.state_dict())
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    batch = student.data_preprocessor(pseudo_collate([dataset[image_index]]), True)
+    return student, online, batch
+
+
+def _distill_total(losses):
+    return sum(sum(losses[name]) for name in LD_TERMS)
+
+
+@pytest.mark.parametrize("flip", [0.0, 1.0], ids=["identity", "hflip"])
+def test_cached_terms_and_gradients_equal_online(shapes_store, random_teacher, shapes_root, flip):
+    student, online, batch = _models_and_batch(_cached_cfg(shapes_store, flip), random_teacher)
+    cached = student.loss(batch["inputs"], batch["data_samples"])
+    live = online.loss(batch["inputs"], copy.deepcopy(batch["data_samples"]))
+    for name in LD_TERMS:
+        a, b = float(sum(cached[name])), float(sum(live[name]))
+        assert b != 0, f"{name} is zero: the test would prove nothing"
+        assert a == pytest.approx(b, rel=1e-3), name
+    params = [student.bbox_head.gfl_reg.weight, student.bbox_head.gfl_cls.weight]
+    twin = [online.bbox_head.gfl_reg.weight, online.bbox_head.gfl_cls.weight]
+    grads_cached = torch.autograd.grad(_distill_total(cached), params)
+    grads_online = torch.autograd.grad(_distill_total(live), twin)
+    for gc, go in zip(grads_cached, grads_online):
+        assert go.norm() > 0
+        assert (gc - go).norm() <= 1e-3 * go.norm()
+
+
+def test_main_ld_equals_mmdet_ldhead(shapes_store, random_teacher, shapes_root):
+    from mmdet.models.utils import unpack_gt_instances
+    from mmdet.registry import MODELS
+
+    from ldcache.teacher import build_teacher, load_config
+
+    cfg = _cached_cfg(shapes_store, normalize="official")
+    student, _, batch = _models_and_batch(cfg, random_teacher)
+    head_cfg = {k: v for k, v in cfg.model.bbox_head.items()
+                if k not in ("loss_ld_vlr", "loss_kd", "loss_kd_vlr", "vlr_gamma", "vlr_metric", "normalize")}
+    head_cfg.update(type="LDHead", train_cfg=cfg.model.train_cfg, test_cfg=cfg.model.test_cfg)
+    reference = MODELS.build(head_cfg)
+    reference.load_state_dict(student.bbox_head.state_dict())
+    teacher = build_teacher(load_config(TEACHER_CONFIG), random_teacher, "cpu")
+
+    inputs, samples = batch["inputs"], batch["data_samples"]
+    with torch.no_grad():
+        cls_scores, bbox_preds = student.bbox_head(student.extract_feat(inputs))
+        _, soft_targets = teacher.bbox_head(teacher.extract_feat(inputs))
+    gts, ignores, metas = unpack_gt_instances(samples)
+    expected = reference.loss_by_feat(cls_scores, bbox_preds, gts, metas, soft_targets, ignores)["loss_ld"]
+    ours = student.bbox_head.loss_by_feat(cls_scores, bbox_preds, gts, metas, ignores)["loss_ld"]
+    assert float(sum(expected)) > 0
+    for level, (a, b) in enumerate(zip(ours, expected)):
+        assert float(a) == pytest.approx(float(b), rel=1e-3, abs=1e-7), f"level {level}"
+
+
+def _train_losses(cfg_path, work_dir, **kw):
+    from pipelines.train import build_student_runner
+
+    options = {"train_dataloader.dataset.indices": 4, "train_dataloader.batch_size": 1,
+               "train_cfg.max_epochs": 1, "train_cfg.val_interval": 100, "val_cfg": None,
+               "val_dataloader": None, "val_evaluator": None, "default_hooks.logger.interval": 1,
+               "randomness.seed": 0}
+    runner = build_student_runner(cfg_path, work_dir=work_dir, cfg_options=options, **kw)
+    runner.train()
+    return runner.message_hub.get_scalar("train/loss")._log_history
+
+
+@pytest.mark.slow
+def test_loss_curves_cached_and_online_agree(shapes_store, random_teacher, shapes_root, tmp_path, private_home):
+    cached = _train_losses(CACHED_CONFIG, tmp_path / "cached", cache=shapes_store)
+    online = _train_losses(CACHED_CONFIG, tmp_path / "online", teacher=(TEACHER_CONFIG, random_teacher))
+    assert len(cached) == len(online) == 4
+    for a, b in zip(cached, online):
+        assert a == pytest.approx(b, rel=1e-2)
+
+
+def test_pipeline_view_mismatch_is_refused_with_the_reason(shapes_store, shapes_root):
+    from mmdet.registry import DATASETS
+    from mmdet.utils import register_all_modules
+
+    import ldcache.mmdet_components  # noqa: F401
+
+    register_all_modules()
+    cfg = _cached_cfg(shapes_store)
+    for step in cfg.train_dataloader.dataset.pipeline:
+        if step["type"] == "Resize":
+            step["scale"] = (256, 256)
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    with pytest.raises(LDCacheError, match=r"pipeline produced img_shape \(256, 256\).*holds views"):
+        dataset[0]
+
+
+def test_store_that_does_not_fit_is_refused(shapes_store, shapes_root, tmp_path):
+    from mmdet.registry import MODELS
+
+    import ldcache.mmdet_components  # noqa: F401
+    from ldcache.ld_cache_check_hook import check_store_fits
+    from ldcache.store import StoreReader
+
+    reader = StoreReader(shapes_store)
+    ann = shapes_root / "annotations/instances_train.json"
+    cfg = _cached_cfg(shapes_store)
+    head = MODELS.build(cfg.model.bbox_head)
+    ids = [int(i) for i in reader.image_ids]
+    check_store_fits(reader, str(ann), ids, head)  # the matching case passes
+
+    other = tmp_path / "other.json"
+    data = json.loads(ann.read_text())
+    data["annotations"] = data["annotations"][1:]
+    other.write_text(json.dumps(data))
+    with pytest.raises(LDCacheError, match="sha256 mismatch"):
+        check_store_fits(reader, str(other), ids, head)
+    with pytest.raises(LDCacheError, match="not in store"):
+        check_store_fits(reader, None, ids + [10**6], head)
+    wide = MODELS.build({**cfg.model.bbox_head, "num_classes": 5})
+    with pytest.raises(LDCacheError, match="num_classes: store 3 vs student 5"):
+        check_store_fits(reader, None, ids, wide)
+    low_gamma = MODELS.build({**cfg.model.bbox_head, "vlr_gamma": 0.1})
+    with pytest.raises(LDCacheError, match="--gamma 0.1"):
+        check_store_fits(reader, None, ids, low_gamma)
+
+
+def test_cli_refuses_a_config_without_cached_targets(shapes_store):
+    result = subprocess.run([str(BIN / "ldcache"), "train-student", str(CONFIGS / "tiny/gfl_r18_tiny.py"),
+                             "--cache", str(shapes_store)], capture_output=True, text=True)
+    assert result.returncode == 2 and "no LoadLDTargets" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_training(shapes_store, shapes_root, tmp_path):
+    work = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LDCACHE_HOME": str(tmp_path / "home")}
+    result = subprocess.run(
+        [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python", str(BIN / "ldcache"),
+         "train-student", str(CACHED_CONFIG), "--cache", str(shapes_store), "--work-dir", str(work),
+         "--cfg-options", "train_dataloader.dataset.indices=8", "--cfg-options", "train_dataloader.batch_size=2",
+         "--cfg-options", "train_cfg.max_epochs=1", "--cfg-options", "val_dataloader.dataset.indices=4"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (work / "epoch_1.pth").is_file()
+    log = next(work.glob("*/*.log")).read_text()
+    assert "Distributed training: True" in log and "MMDistributedDataParallel" in log
+    assert "Epoch(val)" in log  # CocoMetric ran at the end of training
