@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from ldcache.errors import LDCacheError
 
@@ -27,10 +28,6 @@ warnings.filterwarnings("ignore", message=".*`num_anchors` is deprecated.*")
 def _fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
-
-
-def _not_yet(command: str, issue: int) -> None:
-    _fail(f"`ldcache {command}` is not implemented yet (tracked in issue {issue}).")
 
 
 def _parse_scale(text: str) -> tuple[int, int]:
@@ -83,8 +80,6 @@ def dump_teacher(
 
 
 def _print_dump_summary(out: Path, summary: dict) -> None:
-    from rich.table import Table
-
     table = Table(title=f"dump written to {out}", show_header=False)
     mb = 1 << 20
     rows = [
@@ -143,9 +138,79 @@ def train_student(
 
 
 @app.command("inspect")
-def inspect() -> None:
-    """Browse a store: summary, per-location edge distributions, ambiguity plots."""
-    _not_yet("inspect", 6)
+def inspect(
+    store: Path = typer.Argument(..., help="Store written by dump-teacher."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (for scripts) instead of tables."),
+    image: Optional[int] = typer.Option(None, "--image", help="COCO image id: show this image's records."),
+    view: int = typer.Option(0, "--view", help="View index of the image (see the summary's views)."),
+    level: Optional[int] = typer.Option(None, "--level", help="FPN level index, 0 = P3."),
+    at: Optional[str] = typer.Option(None, "--at", help="X,Y location: image pixels of the view (or grid cells with --grid)."),
+    grid: bool = typer.Option(False, "--grid", help="Read --at as level-grid coordinates."),
+    tau: float = typer.Option(1.0, "--tau", help="Temperature of the shown distributions (LD trains at 10)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: the image figure with --image, histograms with --stats."),
+    stats: bool = typer.Option(False, "--stats", help="Dataset-wide entropy and region-size histograms (dask, streamed)."),
+) -> None:
+    """Browse a store: summary, per-location edge distributions, ambiguity plots, statistics.
+
+    Without --image or --stats: the summary. With --image: its rows per level and one location's
+    four edge distributions (--at, or the most ambiguous Main location).
+    """
+    from pipelines import inspect as insp
+
+    try:
+        reader = insp.open_reader(store)
+        if image is not None:
+            _inspect_image(insp, reader, image, view, level, at, grid, tau, plot, as_json)
+        elif stats:
+            from ldcache.store_stats import store_statistics
+
+            result = store_statistics(reader.group)
+            if plot:
+                insp.plot_stats(result, plot)
+            if as_json:
+                insp.print_json(result)
+            else:
+                insp.print_summary(insp.store_summary(reader))
+                if plot:
+                    err.print(f"histograms written to {plot}")
+        else:
+            if plot:
+                _fail("--plot needs --image ID (the image figure) or --stats (the histograms)")
+            summary = insp.store_summary(reader)
+            insp.print_json(summary) if as_json else insp.print_summary(summary)
+    except LDCacheError as e:
+        _fail(str(e))
+
+
+def _inspect_image(insp, reader, image, view, level, at, grid, tau, plot, as_json) -> None:
+    insp._check_level(reader, level)
+    record = reader.record_index(image, view)
+    if at is not None:
+        try:
+            x, y = (float(v) for v in at.split(","))
+        except ValueError:
+            _fail(f"--at takes X,Y like 120,88, not {at!r}")
+        focus = insp.locate(reader, record, (x, y), level, grid)
+    else:
+        focus = insp.most_ambiguous(reader, record, level)
+    report = {"image": insp.image_report(reader, record), "location": insp.location_report(reader, record, *focus, tau)}
+    if plot:
+        insp.plot_image(reader, image, record, focus, tau, plot)
+    if as_json:
+        insp.print_json(report)
+        return
+    table = Table(title=f"image {image}, view {view}: img_shape {report['image']['img_shape']}"
+                        f"{' flipped' if report['image']['flip'] else ''}")
+    for column in ("level", "rows", "main", "VLR official", "VLR diou", "mean edge entropy"):
+        table.add_column(column, justify="right")
+    for lvl in report["image"]["levels"]:
+        entropy = "-" if lvl["mean_edge_entropy"] is None else f"{lvl['mean_edge_entropy']:.3f}"
+        table.add_row(f"P{lvl['level'] + 3}", str(lvl["rows"]), str(lvl["main"]), str(lvl["vlr_official"]),
+                      str(lvl["vlr_diou"]), entropy)
+    Console().print(table)
+    insp.print_location(report["location"])
+    if plot:
+        err.print(f"figure written to {plot}")
 
 
 @app.command("demo")

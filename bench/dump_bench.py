@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+SHAPE_CLASSES = ("star", "eff", "superstar")
 
 # COCO train2017: about 7.3 boxes per image; 41% small (< 32^2), 34% medium, 24% large (> 96^2).
 COCO_SIZE_MIX = ((0.41, 8, 32), (0.34, 32, 96), (0.25, 96, 400))
@@ -57,20 +58,22 @@ def make_coco_geometry_set(root: Path, num_images: int, seed: int = 0) -> tuple[
         cv2.imwrite(str(root / "images" / name), canvas)
         images.append({"id": image_id, "file_name": name, "width": width, "height": height})
     ann = root / "instances.json"
-    categories = [{"id": i, "name": n} for i, n in enumerate(("star", "eff", "superstar"), 1)]
+    categories = [{"id": i, "name": n} for i, n in enumerate(SHAPE_CLASSES, 1)]
     ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return ann, root / "images"
 
 
-def random_teacher_checkpoint(config: Path, out: Path, num_classes: int) -> Path:
+def random_teacher_checkpoint(config: Path, out: Path, classes: tuple[str, ...]) -> Path:
+    """A random-weight teacher of this architecture for `classes`: its checkpoint and config."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
 
     register_all_modules()
     cfg = Config.fromfile(str(config))
-    cfg.model.bbox_head.num_classes = num_classes
+    cfg.model.bbox_head.num_classes = len(classes)
     cfg.model.backbone.init_cfg = None
+    cfg.train_dataloader.dataset.metainfo = dict(classes=classes)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     torch.save({"state_dict": model.state_dict()}, out)
@@ -139,7 +142,7 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ldcache-bench-"))
     ann, img_dir = make_coco_geometry_set(work / "data", args.images)
-    config = random_teacher_checkpoint(args.teacher, work / "teacher.pth", num_classes=3)
+    config = random_teacher_checkpoint(args.teacher, work / "teacher.pth", SHAPE_CLASSES)
     scale = tuple(int(v) for v in args.scale.split("x"))
     views = parse_views([scale], flip=True)
 
@@ -153,7 +156,7 @@ def main() -> None:
         results[region] = {"wall": time.perf_counter() - start, **summary}
 
     model = build_teacher(load_config(config), work / "teacher.pth", "cpu")
-    scan = scan_dataset(ann, img_dir, ("star", "eff", "superstar"))
+    scan = scan_dataset(ann, img_dir, SHAPE_CLASSES)
     reader = StoreReader(work / "store-distill")
     items = [(reader.record_index(e.image_id, v), e, view)
              for e in scan.images for v, view in enumerate(views)]

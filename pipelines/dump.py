@@ -116,7 +116,10 @@ def scan_dataset(ann_file: Path, img_dir: Path, classes) -> DatasetScan:
         raise LDCacheError(f"{len(missing)} image file(s) named in {ann_file} are missing under {img_dir}, "
                            f"e.g. {missing[0]}")
     if not scan.images:
-        raise LDCacheError(f"{ann_file} has no image with a usable box: nothing to distill")
+        hint = (f"; its {scan.other_category_boxes} boxes are of categories that are not the teacher's classes "
+                f"{scan.classes[:5]}{'...' if len(scan.classes) > 5 else ''} (set the teacher config's "
+                "train_dataloader.dataset.metainfo.classes)" if scan.other_category_boxes else "")
+        raise LDCacheError(f"{ann_file} has no image with a usable box: nothing to distill{hint}")
     return scan
 
 

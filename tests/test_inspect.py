@@ -1,0 +1,136 @@
+"""inspect: the JSON summary against the store, pictures, locations, errors, streamed statistics."""
+import json
+import shutil
+import subprocess
+import tracemalloc
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+
+from conftest import BIN
+from ldcache.store import FLAG_MAIN, MASK_DTYPE, STATUS_COMPLETE, block_row_starts, create_store
+from ldcache.store_stats import edge_entropy, store_statistics
+
+
+def _inspect(*args):
+    return subprocess.run([str(BIN / "ldcache"), "inspect", *map(str, args)], capture_output=True, text=True)
+
+
+def _all_rows(store):
+    group = zarr.open_group(str(store), mode="r")
+    ptr = group["ptr"][:]
+    masks = np.ascontiguousarray(group["masks"][:]).view(MASK_DTYPE).reshape(-1)
+    logits = group["logits"][:]
+    per_level = [np.concatenate([np.arange(p[l], p[l + 1]) for p in ptr]) for l in range(ptr.shape[1] - 1)]
+    return group, ptr, masks, logits, per_level
+
+
+def test_json_summary_matches_the_store(shapes_store):
+    result = _inspect(shapes_store, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    group, ptr, masks, logits, per_level = _all_rows(shapes_store)
+    assert summary["status"] == STATUS_COMPLETE and summary["format_version"] == 1
+    assert summary["images"] == group["image_ids"].shape[0] and summary["image_views"] == ptr.shape[0]
+    assert summary["rows_per_level"] == [len(rows) for rows in per_level]
+    assert summary["rows_per_level_and_region"]["main"] == [
+        int(((masks["flags"][rows] & FLAG_MAIN) > 0).sum()) for rows in per_level]
+    for level, rows in enumerate(per_level):
+        expected = edge_entropy(logits[rows, :68].reshape(-1, 4, 17)).mean() if len(rows) else None
+        got = summary["mean_edge_entropy_per_level"][level]
+        assert (got is None and expected is None) or got == pytest.approx(expected, rel=1e-6)
+    disk = sum(f.stat().st_size for f in shapes_store.rglob("*") if f.is_file())
+    assert summary["bytes_on_disk"] == disk
+
+
+def test_image_plot_is_a_png_of_the_expected_size(shapes_store, tmp_path):
+    image_id = int(zarr.open_group(str(shapes_store), mode="r")["image_ids"][0])
+    out = tmp_path / "image.png"
+    result = _inspect(shapes_store, "--image", image_id, "--view", 1, "--plot", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(out).size == (4 * 6 * 100, 8 * 100)  # 5 levels + the picture, dpi 100
+    assert "left edge" in result.stdout and "top classes" in result.stdout
+
+
+def test_stats_plot_and_json(shapes_store, tmp_path):
+    out = tmp_path / "stats.png"
+    result = _inspect(shapes_store, "--stats", "--json", "--plot", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    stats = json.loads(result.stdout)
+    assert len(stats["entropy_histogram"]) == 5
+    assert sum(map(sum, stats["entropy_histogram"])) == sum(stats["rows_per_level"])
+    assert Image.open(out).size == (int(3.2 * 5 * 100), 600)
+
+
+def test_location_report_at_a_main_location(shapes_store):
+    group, ptr, masks, _, _ = _all_rows(shapes_store)
+    image_id = int(group["image_ids"][2])
+    record = 2 * 2  # image index 2, view 0
+    level_rows = masks[ptr[record, 0]:ptr[record, 1]]
+    main = level_rows[(level_rows["flags"] & FLAG_MAIN) > 0][0]
+    grid_w = int(np.ceil(group["pad_shape"][record][1] / 8))
+    x, y = (int(main["loc"]) % grid_w) * 8, (int(main["loc"]) // grid_w) * 8
+    result = _inspect(shapes_store, "--image", image_id, "--level", 0, "--at", f"{x},{y}", "--tau", 10, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    location = json.loads(result.stdout)["location"]
+    assert location["image_xy"] == [x, y] and "main" in location["regions"]
+    for probs in location["edge_distributions"].values():
+        assert sum(probs) == pytest.approx(1.0, abs=1e-9) and len(probs) == 17
+
+
+def test_errors_are_one_line(shapes_store, tmp_path):
+    image_id = int(zarr.open_group(str(shapes_store), mode="r")["image_ids"][0])
+    cases = [
+        (("--image", 987654), "image id 987654 is not in store"),
+        (("--image", image_id, "--level", 7), "level 7 out of range"),
+        (("--image", image_id, "--at", "5000,10"), "outside the image"),
+        (("--plot", tmp_path / "x.png"), "--plot needs --image"),
+    ]
+    for args, message in cases:
+        result = _inspect(shapes_store, *args)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, args
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(shapes_store, unfinished)
+    zarr.open_group(str(unfinished), mode="r+").attrs["status"] = "masks-written"
+    result = _inspect(unfinished)
+    assert result.returncode == 2 and "unfinished" in result.stderr and "--resume" in result.stderr
+    future = tmp_path / "future"
+    shutil.copytree(shapes_store, future)
+    zarr.open_group(str(future), mode="r+").attrs["ldcache_format"] = 99
+    result = _inspect(future)
+    assert result.returncode == 2 and "format version 99" in result.stderr
+    result = _inspect(tmp_path / "nowhere")
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def _synthetic_store(path, records, rows_per_level, num_classes=3, chunk_rows=2048):
+    rng = np.random.default_rng(0)
+    counts = np.tile(np.asarray(rows_per_level), (records, 1))
+    ptr, total = block_row_starts(counts, 64, chunk_rows)
+    attrs = {"head": {"num_classes": num_classes, "reg_max": 16, "strides": [8, 16, 32, 64, 128]},
+             "views": [{"name": "synthetic", "scale": [320, 320], "flip": False}],
+             "region": {"mode": "distill", "gamma": 0.25, "vlr_metrics": ["official", "diou"]},
+             "dataset": {"classes": ["a", "b", "c"]}}
+    meta = {"image_ids": np.arange(records, dtype=np.int64), "pad_shape": np.full((records, 2), 320, np.int32)}
+    group = create_store(path, attrs, ptr, total, meta, 68 + num_classes, "fp16", 64, chunk_rows)
+    masks = np.zeros(total, dtype=MASK_DTYPE)
+    masks["flags"] = rng.integers(1, 8, total)
+    group["masks"][:] = masks.view(np.uint8).reshape(total, MASK_DTYPE.itemsize)
+    group["logits"][:] = rng.normal(0, 3, (total, 68 + num_classes)).astype(np.float16)
+    group.attrs["status"] = STATUS_COMPLETE
+    return group, total
+
+
+def test_stats_stream_within_bounded_memory(tmp_path):
+    group, total = _synthetic_store(tmp_path / "big", records=500, rows_per_level=[1200, 400, 100, 25, 6])
+    logits_bytes = total * 71 * 2
+    assert logits_bytes > 100 * 2**20  # a few hundred image-views worth over 100 MiB of logits
+    tracemalloc.start()
+    stats = store_statistics(group)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert stats["rows_per_level"] == [500 * n for n in (1200, 400, 100, 25, 6)]
+    assert peak < logits_bytes / 4, f"peak {peak / 2**20:.0f} MiB for {logits_bytes / 2**20:.0f} MiB of logits"
