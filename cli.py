@@ -219,15 +219,21 @@ def demo(
     data_root: Optional[Path] = typer.Option(
         None, help="Where the embedded shapes dataset is built (default: data/shapes in the current folder)."),
     teacher_epochs: Optional[int] = typer.Option(
-        None, help="Epochs for the tiny teacher (default: its config's schedule)."),
+        None, help="Epochs for the tiny teacher (default: its config's schedule, 24)."),
+    student_epochs: Optional[int] = typer.Option(
+        None, help="Epochs for both students (default: their config's schedule, 12)."),
     fresh: bool = typer.Option(False, help="Rebuild everything instead of reusing earlier results."),
 ) -> None:
-    """Run the main job on the embedded default: shapes dataset, tiny teacher, evaluation."""
+    """Run the main job on the embedded default, end to end on the CPU.
+
+    Builds the shapes dataset, trains a tiny teacher, dumps it, trains the same student without
+    distillation and with cached LD, and prints their COCO AP with the costs.
+    """
     from pipelines.demo import run_demo
 
     try:
         run_demo(work_dir=work_dir, data_root=data_root or Path("data/shapes"),
-                 teacher_epochs=teacher_epochs, fresh=fresh)
+                 teacher_epochs=teacher_epochs, student_epochs=student_epochs, fresh=fresh)
     except LDCacheError as e:
         _fail(str(e))
 

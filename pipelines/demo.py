@@ -1,9 +1,13 @@
-"""The main job on the embedded default: shapes dataset, tiny teacher, COCO evaluation.
+"""The main job on the embedded default, end to end on the CPU.
 
-Later stages (dump, cached-LD students) join this pipeline as they land.
+1. the kwcoco shapes dataset (offline), 2. a tiny GFL R34 teacher, 3. its dump, 4. a GFL R18
+student without distillation, 5. the same student with cached LD (Main KD + Main LD + VLR LD),
+then a table of COCO AP and costs, and an inspect picture. Each finished step leaves
+`metrics.json` in its folder, so a re-run reuses it (unless --fresh).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -16,6 +20,9 @@ from ldcache.shapes_dataset import ShapesSpec, ensure_shapes_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TEACHER_CONFIG = CONFIGS / "tiny" / "gfl_r34_tiny_teacher.py"
+BASELINE_CONFIG = CONFIGS / "tiny" / "gfl_r18_tiny.py"
+CACHED_CONFIG = CONFIGS / "tiny" / "ld_r18_tiny_cached.py"
+AP_KEYS = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75")
 console = Console()
 
 
@@ -26,32 +33,98 @@ def use_shapes_dataset(root: Path) -> Path:
     return root
 
 
-def train_and_test(config: Path, work_dir: Path, cfg_options: dict | None = None) -> dict:
-    """Train a detector with mmengine's Runner, then evaluate it on the val split; returns metrics."""
+def _cached_step(folder: Path, run) -> dict:
+    """Run a step once: its metrics.json is the proof it finished, and is reused afterwards."""
+    done = folder / "metrics.json"
+    if done.is_file():
+        console.print(f"[green]✓[/] reusing {folder} (use --fresh to redo)")
+        return json.loads(done.read_text())
+    start = time.perf_counter()
+    metrics = run()
+    metrics["seconds"] = round(time.perf_counter() - start, 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def train_and_test(config: Path, work_dir: Path, cfg_options: dict | None = None, cache: Path | None = None) -> dict:
+    """Train with mmengine's Runner, then evaluate on the val split; returns the COCO metrics."""
+    from pipelines.train import build_student_runner
     from ldcache.runner import runner_from_config
 
-    runner = runner_from_config(config, work_dir, cfg_options)
+    if cache is not None:
+        runner = build_student_runner(config, cache=cache, work_dir=work_dir, cfg_options=cfg_options)
+    else:
+        runner = runner_from_config(config, work_dir, cfg_options)
     runner.train()
-    return runner.test()
+    metrics = runner.test()
+    return {k.split("/")[-1]: float(v) for k, v in metrics.items()}
+
+
+def _dump(root: Path, work_dir: Path, store: Path) -> dict:
+    from ldcache.store import StoreReader
+    from ldcache.views import parse_views
+    from pipelines.dump import DumpOptions, run_dump
+
+    checkpoint = Path((work_dir / "teacher" / "last_checkpoint").read_text().strip())
+    if store.exists():
+        shutil.rmtree(store)  # a dump that did not finish in an earlier run: redo it whole
+    run_dump(DumpOptions(TEACHER_CONFIG, checkpoint, root / "annotations/instances_train.json",
+                         root / "images/train", store, parse_views([(320, 320)], flip=True), workers=0))
+    return StoreReader(store).attrs["summary"]
 
 
 def run_demo(work_dir: Path, data_root: Path, teacher_epochs: int | None = None,
-             fresh: bool = False) -> dict:
+             student_epochs: int | None = None, fresh: bool = False) -> dict:
     if fresh and work_dir.exists():
         shutil.rmtree(work_dir)
     start = time.perf_counter()
-    console.rule("[bold]1/2 dataset")
+    console.rule("[bold]1/5 dataset (kwcoco shapes, offline)")
     root = use_shapes_dataset(data_root)
     console.print(f"shapes dataset ready at {root}")
 
-    console.rule("[bold]2/2 tiny teacher")
-    options = {"train_cfg.max_epochs": teacher_epochs} if teacher_epochs else None
-    metrics = train_and_test(TEACHER_CONFIG, work_dir / "teacher", options)
+    console.rule("[bold]2/5 teacher: GFL R34 tiny")
+    teacher_opts = {"train_cfg.max_epochs": teacher_epochs} if teacher_epochs else None
+    teacher = _cached_step(work_dir / "teacher", lambda: train_and_test(TEACHER_CONFIG, work_dir / "teacher",
+                                                                         teacher_opts))
+    console.rule("[bold]3/5 dump the teacher (identity + flipped view)")
+    store = work_dir / "teacher.zarr"
+    dump = _cached_step(work_dir / "dump", lambda: _dump(root, work_dir, store))
 
-    table = Table(title=f"ldcache demo ({time.perf_counter() - start:.0f} s)")
-    for column in ("model", "AP", "AP50", "AP75"):
-        table.add_column(column)
-    table.add_row("teacher (GFL R34 tiny)", *(f"{metrics.get(f'coco/{k}', float('nan')):.3f}"
-                                             for k in ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75")))
+    student_opts = {"train_cfg.max_epochs": student_epochs} if student_epochs else None
+    console.rule("[bold]4/5 student GFL R18 tiny, no distillation")
+    baseline = _cached_step(work_dir / "student_plain",
+                            lambda: train_and_test(BASELINE_CONFIG, work_dir / "student_plain", student_opts))
+    console.rule("[bold]5/5 student GFL R18 tiny, cached LD (Main KD + Main LD + VLR LD)")
+    cached = _cached_step(work_dir / "student_cached_ld",
+                          lambda: train_and_test(CACHED_CONFIG, work_dir / "student_cached_ld", student_opts,
+                                                 cache=store))
+    picture = _inspect_picture(store, work_dir / "inspect.png")
+    _print_table(teacher, baseline, cached, dump, time.perf_counter() - start, picture)
+    return {"teacher": teacher, "dump": dump, "student_plain": baseline, "student_cached_ld": cached}
+
+
+def _inspect_picture(store: Path, out: Path) -> Path:
+    from ldcache.store import StoreReader
+    from pipelines.inspect import most_ambiguous, plot_image
+
+    reader = StoreReader(store)
+    image_id = int(reader.image_ids[0])
+    record = reader.record_index(image_id, 0)
+    return plot_image(reader, image_id, record, most_ambiguous(reader, record, None), 1.0, out)
+
+
+def _print_table(teacher, baseline, cached, dump, wall, picture) -> None:
+    table = Table(title=f"ldcache demo ({wall:.0f} s; students trained with the same schedule and seed)")
+    for column in ("model", "AP", "AP50", "AP75", "time"):
+        table.add_column(column, justify="right")
+    rows = (("teacher GFL R34 tiny", teacher, "train"), ("student R18, no distillation", baseline, "train"),
+            ("student R18, cached LD", cached, "train"))
+    for name, metrics, what in rows:
+        table.add_row(name, *(f"{metrics.get(k, float('nan')):.3f}" for k in AP_KEYS),
+                      f"{metrics['seconds']:.0f} s {what}")
+    table.add_row("teacher dump", "", "", "", f"{dump['seconds']:.0f} s")
     console.print(table)
-    return metrics
+    console.print(f"store: {dump['bytes_on_disk'] / 2**20:.2f} MiB, {dump['bytes_per_image_view'] / 1024:.1f} KiB "
+                  f"per image-view ({dump['compression_vs_dense_fp16']:.1f}x smaller than dense fp16); "
+                  f"inspect picture: {picture}")

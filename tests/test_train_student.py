@@ -186,3 +186,24 @@ def test_two_process_torchrun_training(shapes_store, shapes_root, tmp_path):
     log = next(work.glob("*/*.log")).read_text()
     assert "Distributed training: True" in log and "MMDistributedDataParallel" in log
     assert "Epoch(val)" in log  # CocoMetric ran at the end of training
+
+
+def test_dataloader_workers_each_open_the_store_and_load_the_same_targets(shapes_store, shapes_root):
+    import numpy as np
+    from mmdet.utils import register_all_modules
+    from mmengine.runner import Runner
+
+    import ldcache.mmdet_components  # noqa: F401
+
+    register_all_modules()
+    loaded = {}
+    for workers in (0, 2):
+        cfg = _cached_cfg(shapes_store, flip=1.0)
+        cfg.train_dataloader.update(num_workers=workers, persistent_workers=False, batch_size=4)
+        cfg.train_dataloader.dataset.indices = 8
+        loader = Runner.build_dataloader(cfg.train_dataloader, seed=0)
+        loaded[workers] = {int(s.img_id): s.ld_targets for batch in loader for s in batch["data_samples"]}
+    assert loaded[0].keys() == loaded[2].keys() and len(loaded[0]) == 8
+    for image_id, targets in loaded[0].items():
+        other = loaded[2][image_id]
+        assert np.array_equal(targets.masks, other.masks) and np.array_equal(targets.values, other.values)

@@ -67,6 +67,8 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
     clip_grad=dict(max_norm=35, norm_type=2))
 auto_scale_lr = dict(enable=False, base_batch_size=8)
+# mmdet's default (seed=None) draws a new seed every run; comparisons need the same one.
+randomness = dict(seed=0)
 default_hooks = dict(logger=dict(interval=5), checkpoint=dict(interval=1, max_keep_ckpts=2))
 # CPU runs under torchrun need gloo; on GPUs, override with --cfg-options env_cfg.dist_cfg.backend=nccl.
 env_cfg = dict(dist_cfg=dict(backend='gloo'))

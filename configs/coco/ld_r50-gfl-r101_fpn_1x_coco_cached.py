@@ -1,20 +1,10 @@
 # Cached LD, the paper's setting: GFL R50 student, GFL R101 ms-2x teacher, 1x on COCO.
-# gfl_r50_fpn_1x_coco.py with three changes: the head, one transform, the check hook.
-# Dump the teacher first (README, stage 1), then:
+# The R18 cached config with the R50 backbone (as gfl_r50_fpn_1x_coco.py has it).
 #   ldcache train-student configs/coco/ld_r50-gfl-r101_fpn_1x_coco_cached.py --cache STORE
-_base_ = './gfl_r50_fpn_1x_coco.py'
+_base_ = './ld_r18-gfl-r101_fpn_1x_coco_cached.py'
 
-ld_cache = 'caches/gfl_r101_coco.zarr'
-
-model = dict(bbox_head=dict(type='CachedLDHead'))  # official LD defaults: Main KD + Main LD + VLR LD
-
-train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='Resize', scale=(1333, 800), keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-    dict(type='LoadLDTargets', store=ld_cache),
-]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
-custom_hooks = [dict(type='LDCacheCheckHook')]
+model = dict(
+    backbone=dict(
+        depth=50,
+        init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')),
+    neck=dict(in_channels=[256, 512, 1024, 2048]))

@@ -1,0 +1,140 @@
+"""Does cached LD help, and does it match online LD? The experiment of issue 7, on kwcoco shapes.
+
+One teacher (GFL R34 tiny) trained on a larger shapes set, dumped once. Then the GFL R18 tiny
+student is trained with the same schedule under each row below and each seed, and its val COCO AP
+and wall time are recorded:
+
+    baseline          no distillation
+    main_ld           cached, Main LD only                    (paper Table 2, row "Main LD")
+    main_ld_vlr       cached, Main LD + VLR LD
+    cached_full       cached, Main KD + Main LD + VLR LD      (the paper's best setting)
+    online_full       online, Main KD + Main LD + VLR LD      (same losses, live teacher)
+
+Runs already recorded in OUT/runs.jsonl are skipped, so an interrupted experiment resumes.
+The table goes to docs/results.md (mean and standard deviation over seeds).
+
+    python bench/ld_experiment.py --train 160 --val 48 --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TEACHER = REPO / "configs/tiny/gfl_r34_tiny_teacher.py"
+BASELINE = REPO / "configs/tiny/gfl_r18_tiny.py"
+CACHED = REPO / "configs/tiny/ld_r18_tiny_cached.py"
+ROWS = {
+    "baseline": (BASELINE, {}),
+    "main_ld": (CACHED, {"model.bbox_head.loss_kd": None, "model.bbox_head.loss_ld_vlr": None}),
+    "main_ld_vlr": (CACHED, {"model.bbox_head.loss_kd": None}),
+    "cached_full": (CACHED, {}),
+    "online_full": (CACHED, {}),
+}
+
+
+def run_student(row: str, seed: int, epochs: int, store: Path, teacher: tuple[Path, Path], work: Path) -> dict:
+    from pipelines.train import build_student_runner
+    from ldcache.runner import runner_from_config
+
+    config, options = ROWS[row]
+    options = {**options, "randomness.seed": seed, "train_cfg.max_epochs": epochs,
+               "train_cfg.val_interval": epochs, "default_hooks.logger.interval": 50}
+    start = time.perf_counter()
+    if row == "baseline":
+        runner = runner_from_config(config, work, options)
+    elif row == "online_full":
+        runner = build_student_runner(config, teacher=teacher, work_dir=work, cfg_options=options)
+    else:
+        runner = build_student_runner(config, cache=store, work_dir=work, cfg_options=options)
+    runner.train()
+    train_seconds = time.perf_counter() - start
+    metrics = runner.test()
+    return {"row": row, "seed": seed, "train_seconds": round(train_seconds, 1),
+            **{k.split("/")[-1]: float(v) for k, v in metrics.items() if k.startswith("coco/")}}
+
+
+def write_results(records: list[dict], setup: dict, out: Path) -> None:
+    lines = [
+        "# Cached LD on kwcoco shapes: does it help, and does it equal online LD?",
+        "",
+        f"Produced by `python bench/ld_experiment.py {setup['argv']}` on {setup['machine']}.",
+        f"Dataset: kwcoco shapes, {setup['train']} train / {setup['val']} val images, 3 classes, 320 px. "
+        f"Teacher: GFL R34 tiny, {setup['teacher_epochs']} epochs, val AP {setup['teacher_ap']:.3f}; dump "
+        f"{setup['dump_seconds']:.0f} s. Students: GFL R18 tiny, {setup['student_epochs']} epochs, AdamW, "
+        "same schedule and seeds for every row.",
+        "",
+        "| row | seeds | AP (mean +- std) | AP50 | AP75 | train time per run (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in ROWS:
+        runs = [r for r in records if r["row"] == row]
+        if not runs:
+            continue
+
+        def stat(key):
+            values = [r[key] for r in runs]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            return f"{statistics.mean(values):.3f} +- {spread:.3f}"
+
+        lines.append(f"| {row} | {len(runs)} | {stat('bbox_mAP')} | {stat('bbox_mAP_50')} | {stat('bbox_mAP_75')} | "
+                     f"{statistics.mean(r['train_seconds'] for r in runs):.0f} |")
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", type=int, default=160)
+    parser.add_argument("--val", type=int, default=48)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--teacher-epochs", type=int, default=24)
+    parser.add_argument("--student-epochs", type=int, default=12)
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--out", type=Path, default=REPO / "work_dirs/experiment")
+    parser.add_argument("--results", type=Path, default=REPO / "docs/results.md")
+    args = parser.parse_args()
+
+    from ldcache.shapes_dataset import ShapesSpec, ensure_shapes_dataset
+    from ldcache.views import parse_views
+    from pipelines.demo import _cached_step, train_and_test
+    from pipelines.dump import DumpOptions, run_dump
+
+    root = ensure_shapes_dataset(ShapesSpec(num_train=args.train, num_val=args.val, seed=100))
+    os.environ["LDCACHE_DATA_ROOT"] = str(root) + "/"
+    args.out.mkdir(parents=True, exist_ok=True)
+    teacher = _cached_step(args.out / "teacher", lambda: train_and_test(
+        TEACHER, args.out / "teacher", {"train_cfg.max_epochs": args.teacher_epochs}))
+    checkpoint = Path((args.out / "teacher" / "last_checkpoint").read_text().strip())
+    store = args.out / "teacher.zarr"
+
+    def dump() -> dict:
+        run_dump(DumpOptions(TEACHER, checkpoint, root / "annotations/instances_train.json", root / "images/train",
+                             store, parse_views([(320, 320)], flip=True), workers=0, resume=store.exists()))
+        return {}
+
+    dump_info = _cached_step(args.out / "dump", dump)
+    log = args.out / "runs.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    for seed in args.seeds:
+        for row in args.rows:
+            if any(r["row"] == row and r["seed"] == seed for r in records):
+                continue
+            record = run_student(row, seed, args.student_epochs, store, (TEACHER, checkpoint),
+                                 args.out / f"{row}_seed{seed}")
+            records.append(record)
+            with open(log, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(json.dumps(record), flush=True)
+    setup = {"argv": " ".join(os.sys.argv[1:]), "machine": "a 2-core CPU machine (no GPU)", "train": args.train,
+             "val": args.val, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
+             "teacher_ap": teacher.get("bbox_mAP", float("nan")), "dump_seconds": dump_info["seconds"]}
+    write_results(records, setup, args.results)
+    print(args.results.read_text())
+
+
+if __name__ == "__main__":
+    main()
