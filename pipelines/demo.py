@@ -57,8 +57,12 @@ def train_and_test(config: Path, work_dir: Path, cfg_options: dict | None = None
     else:
         runner = runner_from_config(config, work_dir, cfg_options)
     runner.train()
-    metrics = runner.test()
-    return {k.split("/")[-1]: float(v) for k, v in metrics.items()}
+    metrics = {k.split("/")[-1]: float(v) for k, v in runner.test().items()}
+    if not metrics:
+        # mmdet's CocoMetric returns nothing when no box passes the score threshold: that is 0 AP.
+        console.print("[yellow]no detection above the score threshold: AP 0[/]")
+        metrics = {key: 0.0 for key in AP_KEYS}
+    return metrics
 
 
 def _dump(root: Path, work_dir: Path, store: Path) -> dict:
