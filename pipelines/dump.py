@@ -265,8 +265,15 @@ def _write_block(logits, done, block: int, start: int, end: int, values: np.ndar
 
 # ----------------------------------------------------------------------------- orchestration
 
-def _fingerprint(opts: DumpOptions, teacher_sha: str, config_sha: str, ann_sha: str) -> str:
-    keys = dict(teacher=teacher_sha, config=config_sha, ann=ann_sha, views=[asdict(v) for v in opts.views],
+def _input_hashes(opts: DumpOptions) -> dict:
+    """sha256 of the inputs, computed once: the checkpoint and annotation file can be large."""
+    return {"checkpoint": file_sha256(opts.checkpoint), "config": file_sha256(opts.teacher_config),
+            "ann": file_sha256(opts.ann_file)}
+
+
+def _fingerprint(opts: DumpOptions, hashes: dict) -> str:
+    keys = dict(teacher=hashes["checkpoint"], config=hashes["config"], ann=hashes["ann"],
+                views=[asdict(v) for v in opts.views],
                 region=opts.region, gamma=opts.gamma, topk=opts.topk, dtype=opts.dtype,
                 block_size=opts.block_size, chunk_rows=opts.chunk_rows)
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
@@ -314,13 +321,11 @@ def run_dump(opts: DumpOptions) -> dict | None:
         raise LDCacheError(f"the teacher predicts {geometry['num_classes']} classes but the dataset has "
                            f"{len(scan.classes)}; give the teacher's own dataset classes")
     records = [(entry, view) for entry in scan.images for view in opts.views]
-    fingerprint = _fingerprint(opts, file_sha256(opts.checkpoint), file_sha256(opts.teacher_config),
-                               file_sha256(opts.ann_file))
     maker = RegionRowMaker(model.bbox_head.prior_generator, geometry["strides"], opts.region, opts.gamma,
                            opts.topk)
 
     if rank == 0:
-        _prepare_store(opts, fingerprint, scan, records, geometry, maker)
+        _prepare_store(opts, _input_hashes(opts), scan, records, geometry, maker)
     _barrier()
     group = open_group_checked(opts.out, require_complete=False, mode="r+")
     done = group["done"][:]
@@ -338,9 +343,10 @@ def run_dump(opts: DumpOptions) -> dict | None:
     return summary
 
 
-def _prepare_store(opts, fingerprint, scan, records, geometry, maker) -> None:
+def _prepare_store(opts, hashes, scan, records, geometry, maker) -> None:
     """Check an existing store for --resume, or run pass 1 into a new one."""
     out = opts.out
+    fingerprint = _fingerprint(opts, hashes)
     if out.exists() and any(out.iterdir()):
         if not opts.resume:
             raise LDCacheError(f"{out} already exists; add --resume to finish or reuse it, or choose "
@@ -355,10 +361,10 @@ def _prepare_store(opts, fingerprint, scan, records, geometry, maker) -> None:
     views = [dict(name=v.name, scale=list(v.scale), flip=v.flip) for v in opts.views]
     attrs = {
         "fingerprint": fingerprint,
-        "teacher": {"config": str(opts.teacher_config), "config_sha256": file_sha256(opts.teacher_config),
-                    "checkpoint": str(opts.checkpoint), "checkpoint_sha256": file_sha256(opts.checkpoint)},
+        "teacher": {"config": str(opts.teacher_config), "config_sha256": hashes["config"],
+                    "checkpoint": str(opts.checkpoint), "checkpoint_sha256": hashes["checkpoint"]},
         "head": geometry,
-        "dataset": {"ann_file": str(opts.ann_file), "ann_sha256": file_sha256(opts.ann_file),
+        "dataset": {"ann_file": str(opts.ann_file), "ann_sha256": hashes["ann"],
                     "img_dir": str(opts.img_dir), "classes": list(scan.classes)},
         "views": views,
         "region": {"mode": opts.region, "gamma": opts.gamma, "topk": opts.topk,
