@@ -74,6 +74,11 @@ def block_rows(ptr: np.ndarray, block: int, block_size: int) -> tuple[int, int, 
     return int(ptr[records.start, 0]), int(ptr[records.stop - 1, -1]), records
 
 
+def store_bytes_on_disk(path: str | Path) -> int:
+    """Total size of a local store's files."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
 def open_group_checked(path: str | Path, require_complete: bool = True, mode: str = "r") -> zarr.Group:
     """Open a store and refuse one that is missing, of another format version or unfinished."""
     try:

@@ -26,7 +26,7 @@ from rich.text import Text
 from ldcache.errors import LDCacheError
 from ldcache.regions import VLR_METRICS
 from ldcache.store import (MASK_DTYPE, STATUS_COMPLETE, STATUS_CREATED, STATUS_MASKS, block_row_starts,
-                           block_rows, create_store, open_group_checked)
+                           block_rows, create_store, open_group_checked, store_bytes_on_disk)
 from ldcache.targets import RegionRowMaker, gather_logits
 from ldcache.teacher import build_teacher, file_sha256, head_geometry, load_config, teacher_outputs
 from ldcache.views import View, boxes_in_view, featmap_sizes, view_geometry
@@ -394,7 +394,7 @@ def _summary(group, scan: DatasetScan, opts: DumpOptions, wall: float) -> dict:
     num_values = group["logits"].shape[1]
     dense_locations = sum(int(np.prod(s)) for p in group["pad_shape"][:] for s in featmap_sizes(tuple(p), strides))
     dense_bytes = dense_locations * num_values * 2
-    disk = sum(f.stat().st_size for f in Path(opts.out).rglob("*") if f.is_file())
+    disk = store_bytes_on_disk(opts.out)
     records = ptr.shape[0]
     return {
         "images": len(scan.images), "views": len(opts.views), "image_views": records,

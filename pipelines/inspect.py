@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ldcache.errors import LDCacheError
 from ldcache.regions import VLR_METRICS
-from ldcache.store import FLAG_MAIN, FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL, StoreReader
+from ldcache.store import FLAG_MAIN, FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL, StoreReader, store_bytes_on_disk
 from ldcache.store_stats import edge_entropy, store_statistics
 
 EDGES = ("left", "top", "right", "bottom")
@@ -21,7 +21,7 @@ def store_summary(reader: StoreReader) -> dict:
     """What `ldcache inspect STORE` shows, as a dict (the --json output)."""
     attrs = reader.attrs
     stats = store_statistics(reader.group)
-    disk = sum(f.stat().st_size for f in Path(reader.path).rglob("*") if f.is_file())
+    disk = store_bytes_on_disk(reader.path)
     dense = attrs["summary"]["dense_fp16_bytes"]
     return {
         "store": str(reader.path), "format_version": attrs["ldcache_format"], "status": attrs["status"],
@@ -120,8 +120,9 @@ def most_ambiguous(reader: StoreReader, record: int, level: int | None) -> tuple
 
 
 def location_report(reader: StoreReader, record: int, level: int, row: int, tau: float) -> dict:
-    rows = reader.read_record(record).level(level)
-    grid_w = int(reader.read_record(record).grid[level][1])
+    targets = reader.read_record(record)
+    rows = targets.level(level)
+    grid_w = int(targets.grid[level][1])
     stride = reader.attrs["head"]["strides"][level]
     loc = int(rows.loc[row])
     reg = rows.reg[row].astype(np.float64) / tau

@@ -172,3 +172,17 @@ def test_crowd_degenerate_and_empty_images_are_counted(shapes_root, random_teach
     summary = StoreReader(tmp_path / "s").attrs["summary"]
     assert summary["skipped_images_without_boxes"] == 1 and summary["images"] == 5
     assert summary["ignored_crowd_boxes"] == 1 and summary["dropped_degenerate_boxes"] == 1
+
+
+def test_categories_that_are_not_the_teachers_classes_are_named_in_the_error(shapes_root, random_teacher,
+                                                                             tmp_path):
+    def rename(ann):
+        for cat in ann["categories"]:
+            cat["name"] = "person" + str(cat["id"])
+
+    ann = _edited_dataset(shapes_root, tmp_path, rename)
+    args = _dump_args(shapes_root, random_teacher, tmp_path / "s")
+    args[args.index("--ann-file") + 1] = str(ann)
+    result = _run_cli(args)
+    assert result.returncode == 2 and "not the teacher's classes" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "s").exists()
