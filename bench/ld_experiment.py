@@ -13,7 +13,11 @@ and wall time are recorded:
 Runs already recorded in OUT/runs.jsonl are skipped, so an interrupted experiment resumes.
 The table goes to docs/results.md (mean and standard deviation over seeds).
 
-    python bench/ld_experiment.py --train 160 --val 48 --seeds 0 1 2
+    python bench/ld_experiment.py --train 300 --val 60 --seeds 0 1 2
+
+Every schedule is the 1x one scaled to its length: the learning rate drops 10x at 2/3 and 11/12
+of the epochs. The teacher is evaluated every --teacher-val-interval epochs; its val AP curve goes
+into the results, as the check that it converged.
 """
 from __future__ import annotations
 
@@ -37,13 +41,31 @@ ROWS = {
 }
 
 
+def scaled_schedule(epochs: int, val_interval: int | None = None) -> dict:
+    """Config options for an `epochs`-long run with the 1x schedule's learning-rate drops."""
+    return {"train_cfg.max_epochs": epochs, "train_cfg.val_interval": val_interval or epochs,
+            "param_scheduler.1.end": epochs, "param_scheduler.1.milestones": [epochs * 2 // 3, epochs * 11 // 12]}
+
+
+def val_curve(work_dir: Path) -> list[tuple[int, float]]:
+    """(epoch, val AP) of every validation of the newest run in work_dir, from mmengine's scalars.json."""
+    logs = sorted(work_dir.glob("*/vis_data/scalars.json"))
+    if not logs:
+        return []
+    curve = {}
+    for line in logs[-1].read_text().splitlines():
+        record = json.loads(line)
+        if "coco/bbox_mAP" in record:
+            curve.setdefault(int(record["step"]), float(record["coco/bbox_mAP"]))
+    return sorted(curve.items())
+
+
 def run_student(row: str, seed: int, epochs: int, store: Path, teacher: tuple[Path, Path], work: Path) -> dict:
     from pipelines.train import build_student_runner
     from ldcache.runner import runner_from_config
 
     config, options = ROWS[row]
-    options = {**options, "randomness.seed": seed, "train_cfg.max_epochs": epochs,
-               "train_cfg.val_interval": epochs, "default_hooks.logger.interval": 50}
+    options = {**options, **scaled_schedule(epochs), "randomness.seed": seed, "default_hooks.logger.interval": 50}
     start = time.perf_counter()
     if row == "baseline":
         runner = runner_from_config(config, work, options)
@@ -64,7 +86,8 @@ def write_results(records: list[dict], setup: dict, out: Path) -> None:
         "",
         f"Produced by `python bench/ld_experiment.py {setup['argv']}` on {setup['machine']}.",
         f"Dataset: kwcoco shapes, {setup['train']} train / {setup['val']} val images, 3 classes, 320 px. "
-        f"Teacher: GFL R34 tiny, {setup['teacher_epochs']} epochs, val AP {setup['teacher_ap']:.3f}; dump "
+        f"Teacher: GFL R34 tiny, {setup['teacher_epochs']} epochs, val AP {setup['teacher_ap']:.3f} "
+        f"(val AP by epoch: {', '.join(f'{e}: {ap:.3f}' for e, ap in setup['teacher_curve'])}); dump "
         f"{setup['dump_seconds']:.0f} s. Students: GFL R18 tiny, {setup['student_epochs']} epochs, AdamW, "
         "same schedule and seeds for every row.",
         "",
@@ -88,11 +111,12 @@ def write_results(records: list[dict], setup: dict, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", type=int, default=160)
-    parser.add_argument("--val", type=int, default=48)
+    parser.add_argument("--train", type=int, default=300)
+    parser.add_argument("--val", type=int, default=60)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--teacher-epochs", type=int, default=24)
-    parser.add_argument("--student-epochs", type=int, default=12)
+    parser.add_argument("--teacher-epochs", type=int, default=20)
+    parser.add_argument("--teacher-val-interval", type=int, default=2)
+    parser.add_argument("--student-epochs", type=int, default=6)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--out", type=Path, default=REPO / "work_dirs/experiment")
     parser.add_argument("--results", type=Path, default=REPO / "docs/results.md")
@@ -100,14 +124,15 @@ def main() -> None:
 
     from ldcache.shapes_dataset import ShapesSpec, ensure_shapes_dataset
     from ldcache.views import parse_views
-    from pipelines.demo import _cached_step, train_and_test
+    from pipelines.demo import run_once, train_and_test
     from pipelines.dump import DumpOptions, run_dump
 
     root = ensure_shapes_dataset(ShapesSpec(num_train=args.train, num_val=args.val, seed=100))
     os.environ["LDCACHE_DATA_ROOT"] = str(root) + "/"
     args.out.mkdir(parents=True, exist_ok=True)
-    teacher = _cached_step(args.out / "teacher", lambda: train_and_test(
-        TEACHER, args.out / "teacher", {"train_cfg.max_epochs": args.teacher_epochs}))
+    teacher = run_once(args.out / "teacher", lambda: train_and_test(
+        TEACHER, args.out / "teacher", {**scaled_schedule(args.teacher_epochs, args.teacher_val_interval),
+                                        "default_hooks.logger.interval": 50}))
     checkpoint = Path((args.out / "teacher" / "last_checkpoint").read_text().strip())
     store = args.out / "teacher.zarr"
 
@@ -116,7 +141,7 @@ def main() -> None:
                              store, parse_views([(320, 320)], flip=True), workers=0, resume=store.exists()))
         return {}
 
-    dump_info = _cached_step(args.out / "dump", dump)
+    dump_info = run_once(args.out / "dump", dump)
     log = args.out / "runs.jsonl"
     records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     for seed in args.seeds:
@@ -131,7 +156,8 @@ def main() -> None:
             print(json.dumps(record), flush=True)
     setup = {"argv": " ".join(os.sys.argv[1:]), "machine": "a 2-core CPU machine (no GPU)", "train": args.train,
              "val": args.val, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
-             "teacher_ap": teacher.get("bbox_mAP", float("nan")), "dump_seconds": dump_info["seconds"]}
+             "teacher_ap": teacher.get("bbox_mAP", float("nan")),
+             "teacher_curve": val_curve(args.out / "teacher"), "dump_seconds": dump_info["seconds"]}
     write_results(records, setup, args.results)
     print(args.results.read_text())
 

@@ -33,7 +33,7 @@ def use_shapes_dataset(root: Path) -> Path:
     return root
 
 
-def _cached_step(folder: Path, run) -> dict:
+def run_once(folder: Path, run) -> dict:
     """Run a step once: its metrics.json is the proof it finished, and is reused afterwards."""
     done = folder / "metrics.json"
     if done.is_file():
@@ -89,18 +89,18 @@ def run_demo(work_dir: Path, data_root: Path, teacher_epochs: int | None = None,
 
     console.rule("[bold]2/5 teacher: GFL R34 tiny")
     teacher_opts = {"train_cfg.max_epochs": teacher_epochs} if teacher_epochs else None
-    teacher = _cached_step(work_dir / "teacher", lambda: train_and_test(TEACHER_CONFIG, work_dir / "teacher",
+    teacher = run_once(work_dir / "teacher", lambda: train_and_test(TEACHER_CONFIG, work_dir / "teacher",
                                                                          teacher_opts))
     console.rule("[bold]3/5 dump the teacher (identity + flipped view)")
     store = work_dir / "teacher.zarr"
-    dump = _cached_step(work_dir / "dump", lambda: _dump(root, work_dir, store))
+    dump = run_once(work_dir / "dump", lambda: _dump(root, work_dir, store))
 
     student_opts = {"train_cfg.max_epochs": student_epochs} if student_epochs else None
     console.rule("[bold]4/5 student GFL R18 tiny, no distillation")
-    baseline = _cached_step(work_dir / "student_plain",
+    baseline = run_once(work_dir / "student_plain",
                             lambda: train_and_test(BASELINE_CONFIG, work_dir / "student_plain", student_opts))
     console.rule("[bold]5/5 student GFL R18 tiny, cached LD (Main KD + Main LD + VLR LD)")
-    cached = _cached_step(work_dir / "student_cached_ld",
+    cached = run_once(work_dir / "student_cached_ld",
                           lambda: train_and_test(CACHED_CONFIG, work_dir / "student_cached_ld", student_opts,
                                                  cache=store))
     picture = _inspect_picture(store, work_dir / "inspect.png")
