@@ -4,7 +4,7 @@
 #
 # Environment knobs:
 #   LDCACHE_PYTHON        interpreter for the venv (default: python3.11, then python3)
-#   LDCACHE_TORCH         torch version (default 2.15.0); LDCACHE_TORCHVISION likewise (0.29.2)
+#   LDCACHE_TORCH         torch version (default 2.14.1); LDCACHE_TORCHVISION likewise (0.29.1)
 #   LDCACHE_WHEEL_CACHE   where built mmcv wheels are kept (default ~/.cache/ldcache/wheels)
 #   LDCACHE_SHARED_WHEELS folder of prebuilt wheels to try first (default ../shared/wheels)
 set -euo pipefail
@@ -12,8 +12,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 venv="$repo/.venv"
-torch_version=${LDCACHE_TORCH:-2.15.0}
-torchvision_version=${LDCACHE_TORCHVISION:-0.29.2}
+torch_version=${LDCACHE_TORCH:-2.14.1}
+torchvision_version=${LDCACHE_TORCHVISION:-0.29.1}
 mmcv_version=2.1.0
 wheel_cache=${LDCACHE_WHEEL_CACHE:-$HOME/.cache/ldcache/wheels}
 shared_wheels=${LDCACHE_SHARED_WHEELS:-$repo/../shared/wheels}
