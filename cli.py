@@ -44,25 +44,38 @@ def dump_teacher(
     teacher_checkpoint: Path = typer.Argument(..., help="Its checkpoint (loaded weights-only unless ldcache wrote it)."),
     ann_file: Path = typer.Option(..., "--ann-file", help="COCO-format annotation file of the training images."),
     img_dir: Path = typer.Option(..., "--img-dir", help="Folder of the images named in the annotation file."),
-    out: Path = typer.Option(..., "--out", help="Zarr store to write (a folder)."),
+    out: str = typer.Option(..., "--out", help="Zarr store to write: a folder, or an object-store URL "
+                                               "(s3://bucket/prefix/name.zarr; credentials from AWS_* variables)."),
     scale: Optional[list[str]] = typer.Option(
         None, "--scale", help="View scale WxH as in mmdet's Resize(keep_ratio=True); repeat for several. "
                               "Default: the Resize scale of the config's test pipeline."),
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Also store the horizontally flipped view of each scale."),
     region: str = typer.Option("distill", help="distill: rows only at Main and VLR locations; dense: every location."),
     gamma: float = typer.Option(0.25, help="Lowest VLR gamma the store supports (VLR: gamma*thr <= d < thr)."),
-    dtype: str = typer.Option("fp16", help="Stored value type: fp16 or fp32."),
+    vlr_metric: Optional[list[str]] = typer.Option(
+        None, "--vlr-metric", help="VLR definition(s) to store: official (the official code's IoF-based "
+                                   "metric) and/or diou (the paper's); repeat for both. Default: both."),
+    vlr_class_logits: bool = typer.Option(
+        True, "--vlr-class-logits/--no-vlr-class-logits",
+        help="Store class logits on VLR rows too (only VLR KD uses them; without, they are stored on Main "
+             "rows only and the store is smaller)."),
+    dtype: str = typer.Option("fp16", help="Stored value type: fp16, fp32, or q8 (edge distributions in 8 "
+                                           "bits, lossy; docs/store-format.md)."),
     device: str = typer.Option("auto", help="auto (a GPU when present), cpu, cuda, cuda:N."),
     batch_size: int = typer.Option(1, help="Images per teacher forward. 1 is exact against an online teacher "
                                            "(GroupNorm sees the padding of a batch)."),
     workers: int = typer.Option(2, help="DataLoader workers that decode images."),
     block_size: int = typer.Option(64, help="Image-views per block: the unit of work, resume and writer ownership."),
     resume: bool = typer.Option(False, help="Finish a store whose dump was interrupted."),
+    dask_scheduler: Optional[str] = typer.Option(
+        None, "--dask-scheduler", help="Address of a dask.distributed scheduler (tcp://host:8786) to run pass 1, "
+                                       "the masks, on its workers. Default: local threads."),
 ) -> None:
     """Run a teacher once over a dataset and write its logits and LD masks to a Zarr store.
 
     Under torchrun, the processes share the work and write one store.
     """
+    from ldcache.regions import VLR_METRICS
     from ldcache.teacher import load_config
     from ldcache.views import parse_views
     from pipelines.dump import DumpOptions, default_scale, run_dump
@@ -71,7 +84,9 @@ def dump_teacher(
         scales = [_parse_scale(s) for s in scale] if scale else [default_scale(load_config(teacher_config))]
         opts = DumpOptions(teacher_config, teacher_checkpoint, ann_file, img_dir, out, parse_views(scales, flip),
                            region=region, gamma=gamma, dtype=dtype, device=device, batch_size=batch_size,
-                           workers=workers, block_size=block_size, resume=resume)
+                           vlr_metrics=tuple(vlr_metric) if vlr_metric else VLR_METRICS,
+                           vlr_class_logits=vlr_class_logits,
+                           workers=workers, block_size=block_size, resume=resume, dask_scheduler=dask_scheduler)
         summary = run_dump(opts)
     except LDCacheError as e:
         _fail(str(e))
@@ -79,7 +94,7 @@ def dump_teacher(
         _print_dump_summary(out, summary)
 
 
-def _print_dump_summary(out: Path, summary: dict) -> None:
+def _print_dump_summary(out: str, summary: dict) -> None:
     table = Table(title=f"dump written to {out}", show_header=False)
     mb = 1 << 20
     rows = [
@@ -113,7 +128,8 @@ def _parse_cfg_options(items: list[str] | None) -> dict:
 @app.command("train-student")
 def train_student(
     student_config: Path = typer.Argument(..., help="Cached-LD student config (e.g. configs/tiny/ld_r18_tiny_cached.py)."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Store written by dump-teacher (overrides the config's)."),
+    cache: Optional[str] = typer.Option(None, "--cache", help="Store written by dump-teacher, a folder or an "
+                                                              "s3:// URL (overrides the config's)."),
     teacher: Optional[tuple[str, str]] = typer.Option(
         None, "--teacher", help="CONFIG CKPT: online LD with a live teacher, through the same losses."),
     work_dir: Optional[Path] = typer.Option(None, help="Checkpoints and logs (default work_dirs/<config name>)."),
@@ -139,7 +155,7 @@ def train_student(
 
 @app.command("inspect")
 def inspect(
-    store: Path = typer.Argument(..., help="Store written by dump-teacher."),
+    store: str = typer.Argument(..., help="Store written by dump-teacher: a folder or an s3:// URL."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (for scripts) instead of tables."),
     image: Optional[int] = typer.Option(None, "--image", help="COCO image id: show this image's records."),
     view: int = typer.Option(0, "--view", help="View index of the image (see the summary's views)."),

@@ -2,9 +2,10 @@
 
 1. overhead: dump wall time / the teacher's forward passes alone over the same image-views.
 2. size: bytes per image-view at COCO geometry (1333x800, about 7 boxes per image with COCO's
-   size mix), distill vs dense fp16.
+   size mix, 80 classes), for the default dump and the size options (value codec, VLR metrics,
+   class logits on Main rows only), against dense fp16.
 3. fidelity: LD's KL at T=10 between the stored values and the exact fp32 teacher outputs.
-4. reading: time to read and decode one complete record.
+4. reading: time to read and decode one complete record, per variant.
 
 It uses a randomly initialised teacher (no pretrained weights can be had here), so absolute speeds
 are not the point: the ratios are, all measured side by side in this run.
@@ -24,7 +25,16 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHAPE_CLASSES = ("star", "eff", "superstar")
+COCO_CLASSES = tuple(f"class{i}" for i in range(80))
+# name -> DumpOptions fields; "default" is what `ldcache dump-teacher` does without options.
+VARIANTS = {
+    "default": {},
+    "q8": {"dtype": "q8"},
+    "q8_main_cls": {"dtype": "q8", "vlr_class_logits": False},
+    "q8_main_cls_official": {"dtype": "q8", "vlr_class_logits": False, "vlr_metrics": ("official",)},
+    "q8_main_cls_diou": {"dtype": "q8", "vlr_class_logits": False, "vlr_metrics": ("diou",)},
+    "dense": {"region": "dense"},
+}
 
 # COCO train2017: about 7.3 boxes per image; 41% small (< 32^2), 34% medium, 24% large (> 96^2).
 COCO_SIZE_MIX = ((0.41, 8, 32), (0.34, 32, 96), (0.25, 96, 400))
@@ -52,13 +62,13 @@ def make_coco_geometry_set(root: Path, num_images: int, seed: int = 0) -> tuple[
             cv2.rectangle(canvas, (int(x), int(y)), (int(x + w), int(y + h)),
                           tuple(int(c) for c in rng.integers(0, 255, 3)), -1)
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": int(rng.integers(1, 4)), "bbox": [x, y, w, h],
+                                "category_id": int(rng.integers(1, len(COCO_CLASSES) + 1)), "bbox": [x, y, w, h],
                                 "area": w * h, "iscrowd": 0})
         name = f"{image_id:06d}.jpg"
         cv2.imwrite(str(root / "images" / name), canvas)
         images.append({"id": image_id, "file_name": name, "width": width, "height": height})
     ann = root / "instances.json"
-    categories = [{"id": i, "name": n} for i, n in enumerate(SHAPE_CLASSES, 1)]
+    categories = [{"id": i, "name": n} for i, n in enumerate(COCO_CLASSES, 1)]
     ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return ann, root / "images"
 
@@ -114,16 +124,19 @@ def kl_fidelity(model, reader, items, temperature: float = 10.0) -> float:
     return float(torch.cat(errors).mean())
 
 
-def read_seconds_per_record(path: Path, repeats: int = 3) -> float:
+def read_seconds_per_record(path: Path, repeats: int = 5) -> float:
+    """CPU seconds (this process, all its threads) to read and decode one complete record.
+
+    CPU time, not wall time: the target is per core, and this machine is shared."""
     from ldcache.store import StoreReader
 
     reader = StoreReader(path)
     reader.read_record(0)  # warm the caches of the first open
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(repeats):
         for r in range(reader.num_records):
             reader.read_record(r)
-    return (time.perf_counter() - start) / (repeats * reader.num_records)
+    return (time.process_time() - start) / (repeats * reader.num_records)
 
 
 def main() -> None:
@@ -142,41 +155,41 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ldcache-bench-"))
     ann, img_dir = make_coco_geometry_set(work / "data", args.images)
-    config = random_teacher_checkpoint(args.teacher, work / "teacher.pth", SHAPE_CLASSES)
+    config = random_teacher_checkpoint(args.teacher, work / "teacher.pth", COCO_CLASSES)
     scale = tuple(int(v) for v in args.scale.split("x"))
     views = parse_views([scale], flip=True)
 
     results = {}
-    for region in ("distill", "dense"):
-        out = work / f"store-{region}"
-        opts = DumpOptions(config, work / "teacher.pth", ann, img_dir, out, views, region=region,
-                           workers=2, block_size=8)
+    for name, fields in VARIANTS.items():
+        out = work / f"store-{name}"
+        opts = DumpOptions(config, work / "teacher.pth", ann, img_dir, out, views, workers=2, block_size=8,
+                           **fields)
         start = time.perf_counter()
         summary = run_dump(opts)
-        results[region] = {"wall": time.perf_counter() - start, **summary}
+        results[name] = {"wall": time.perf_counter() - start, **summary}
 
     model = build_teacher(load_config(config), work / "teacher.pth", "cpu")
-    scan = scan_dataset(ann, img_dir, SHAPE_CLASSES)
-    reader = StoreReader(work / "store-distill")
+    scan = scan_dataset(ann, img_dir, COCO_CLASSES)
+    reader = StoreReader(work / "store-default")
     items = [(reader.record_index(e.image_id, v), e, view)
              for e in scan.images for v, view in enumerate(views)]
     forward = forward_only_seconds(model, items, batch_size=1)
-    fidelity = kl_fidelity(model, reader, items[:4])
-    read = read_seconds_per_record(work / "store-distill")
-
-    distill, dense = results["distill"], results["dense"]
+    default = results["default"]
+    sizes = {name: {"bytes_per_image_view": round(r["bytes_per_image_view"]),
+                    "vs_dense_fp16": round(r["compression_vs_dense_fp16"], 1),
+                    "rows_per_image_view": round(sum(r["rows_per_level"]) / r["image_views"]),
+                    "read_cpu_ms_per_record": round(read_seconds_per_record(work / f"store-{name}") * 1e3, 3)}
+             for name, r in results.items()}
     print(json.dumps({
-        "teacher": str(args.teacher.relative_to(REPO)), "image_views": distill["image_views"],
-        "input": args.scale,
-        "overhead_dump_over_forward": round(distill["wall"] / forward, 3),
-        "dump_seconds": round(distill["wall"], 2), "forward_only_seconds": round(forward, 2),
-        "distill_bytes_per_image_view": round(distill["bytes_per_image_view"]),
-        "dense_store_bytes_per_image_view": round(dense["bytes_per_image_view"]),
-        "dense_fp16_raw_bytes_per_image_view": round(distill["dense_fp16_bytes"] / distill["image_views"]),
-        "distill_vs_dense_fp16": round(distill["compression_vs_dense_fp16"], 1),
-        "rows_per_level": distill["rows_per_level"],
-        "kl_T10_error_nats_per_edge": fidelity,
-        "read_ms_per_record": round(read * 1e3, 3),
+        "teacher": str(args.teacher.relative_to(REPO)), "image_views": default["image_views"],
+        "input": args.scale, "classes": len(COCO_CLASSES),
+        "overhead_dump_over_forward": round(default["wall"] / forward, 3),
+        "dump_seconds": round(default["wall"], 2), "forward_only_seconds": round(forward, 2),
+        "dense_fp16_raw_bytes_per_image_view": round(default["dense_fp16_bytes"] / default["image_views"]),
+        "rows_per_level": default["rows_per_level"],
+        "kl_T10_error_nats_per_edge": {name: kl_fidelity(model, StoreReader(work / f"store-{name}"), items[:4])
+                                       for name in ("default", "q8")},
+        "variants": sizes,
     }, indent=2))
 
 

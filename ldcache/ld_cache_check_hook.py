@@ -37,9 +37,16 @@ def check_store_fits(reader: StoreReader, ann_file: str | None, image_ids, head)
         detail = "; ".join(f"{k}: store {a} vs student {b}" for k, (a, b) in different.items())
         raise LDCacheError(f"student head does not match the store's teacher head ({detail})")
     region = reader.attrs["region"]
-    if getattr(head, "vlr_metric", None) not in (None, *region["vlr_metrics"]):
-        raise LDCacheError(f"vlr_metric {head.vlr_metric!r} is not in store {reader.path} "
-                           f"(it holds {region['vlr_metrics']})")
+    losses = getattr(head, "ld_losses", {})
+    uses_vlr = losses.get("loss_ld_vlr") is not None or losses.get("loss_kd_vlr") is not None
+    if uses_vlr and head.vlr_metric not in region["vlr_metrics"]:
+        raise LDCacheError(f"vlr_metric {head.vlr_metric!r} is not in store {reader.path} (it holds "
+                           f"{region['vlr_metrics']}): set model.bbox_head.vlr_metric to one of those, or "
+                           f"re-dump with --vlr-metric {head.vlr_metric}")
+    if losses.get("loss_kd_vlr") is not None and reader.attrs["values"]["class_logits"] != "all rows":
+        raise LDCacheError(f"VLR KD needs class logits on VLR rows, but store {reader.path} holds them on "
+                           "Main rows only (dumped with --no-vlr-class-logits); re-dump without it, or set "
+                           "model.bbox_head.loss_kd_vlr=None")
     if region["mode"] == "distill" and getattr(head, "vlr_gamma", region["gamma"]) < region["gamma"]:
         raise LDCacheError(f"vlr_gamma {head.vlr_gamma} is below the store's {region['gamma']}: its VLR rows "
                            f"start at gamma {region['gamma']}. Re-dump with --gamma {head.vlr_gamma} "

@@ -2,8 +2,8 @@
 
 Rows are ragged (CSR): record r = image_index * n_views + view_index owns rows
 ``ptr[r, 0] : ptr[r, L]``, level l rows ``ptr[r, l] : ptr[r, l + 1]``. Every row has a packed
-region entry in ``masks`` and its teacher logits in ``logits``, so reading one record takes two
-slices. Records are grouped in blocks of ``block_size``, and each block's rows start on a chunk
+region entry in ``masks`` and its teacher logits in ``logits`` (encoded by ``value_codec``), so
+reading one record takes the chunks under two row ranges. Records are grouped in blocks of ``block_size``, and each block's rows start on a chunk
 boundary. A block has one writer, and two writers never touch one chunk. A block's ``done`` flag
 is written after its rows, and ``status`` becomes "complete" only once every block is done.
 """
@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from .errors import LDCacheError
+from .row_reader import RowReader
+from .value_codec import ValueCodec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STATUS_CREATED, STATUS_MASKS, STATUS_COMPLETE = "created", "masks-written", "complete"
 
 # Flag bits of a row: which region it belongs to at the dump's gamma.
@@ -28,7 +31,6 @@ MASK_DTYPE = np.dtype([
     ("vlr_ratio", "<f4", (2,)),  # largest d/thr below 1, per VLR metric (official, diou)
     ("vlr_weight", "<f2", (2,)),  # IoU with the chosen GT, per VLR metric
 ])
-VALUE_DTYPES = {"fp16": np.float16, "fp32": np.float32}
 
 
 def block_row_starts(counts: np.ndarray, block_size: int, chunk_rows: int) -> tuple[np.ndarray, int]:
@@ -50,7 +52,7 @@ def _compressor(typesize: int) -> BloscCodec:
 
 
 def create_store(path: Path, attrs: dict, ptr: np.ndarray, total_rows: int, record_meta: dict,
-                 num_values: int, value_dtype: str, block_size: int, chunk_rows: int) -> zarr.Group:
+                 codec: ValueCodec, block_size: int, chunk_rows: int) -> zarr.Group:
     """Lay out an empty store: every array allocated, no block done, status 'created'."""
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     group.attrs.update({**attrs, "ldcache_format": FORMAT_VERSION, "status": STATUS_CREATED})
@@ -60,9 +62,9 @@ def create_store(path: Path, attrs: dict, ptr: np.ndarray, total_rows: int, reco
         group.create_array(name, data=values, chunks=values.shape)
     group.create_array("masks", shape=(rows, MASK_DTYPE.itemsize), dtype="u1",
                        chunks=(chunk_rows, MASK_DTYPE.itemsize), compressors=_compressor(1), fill_value=0)
-    dtype = VALUE_DTYPES[value_dtype]
-    group.create_array("logits", shape=(rows, num_values), dtype=dtype, chunks=(chunk_rows, num_values),
-                       compressors=_compressor(np.dtype(dtype).itemsize), fill_value=0)
+    group.create_array("logits", shape=(rows, codec.width), dtype=codec.storage_dtype,
+                       chunks=(chunk_rows, codec.width), compressors=_compressor(codec.storage_dtype.itemsize),
+                       fill_value=0)
     num_blocks = -(-ptr.shape[0] // block_size)
     group.create_array("done", shape=(num_blocks,), dtype="u1", chunks=(1,), fill_value=0)
     return group
@@ -74,9 +76,30 @@ def block_rows(ptr: np.ndarray, block: int, block_size: int) -> tuple[int, int, 
     return int(ptr[records.start, 0]), int(ptr[records.stop - 1, -1]), records
 
 
+def store_filesystem(path: str | Path):
+    """(fsspec filesystem, root inside it) of a store: a local folder or an object-store URL.
+
+    Credentials and endpoints come from the filesystem's usual environment (for S3: AWS_* variables),
+    never from the store or the command line."""
+    return fsspec.core.url_to_fs(str(path))
+
+
+def store_exists(path: str | Path) -> bool:
+    """Whether anything is stored at `path` (files in a folder, or objects under a URL prefix)."""
+    fs, root = store_filesystem(path)
+    return bool(fs.exists(root) and fs.ls(root))
+
+
 def store_bytes_on_disk(path: str | Path) -> int:
-    """Total size of a local store's files."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    """Total size of a store's files or objects."""
+    fs, root = store_filesystem(path)
+    return int(fs.du(root, total=True))
+
+
+def store_codec(attrs: dict) -> ValueCodec:
+    """The value codec a store's attributes name."""
+    head = attrs["head"]
+    return ValueCodec(attrs["values"]["dtype"], head["reg_max"] + 1, head["num_classes"])
 
 
 def open_group_checked(path: str | Path, require_complete: bool = True, mode: str = "r") -> zarr.Group:
@@ -115,8 +138,10 @@ class StoreReader:
         self.pad_shape = self.group["pad_shape"][:]
         self.scale_factor = self.group["scale_factor"][:]
         self.flip = self.group["flip"][:]
-        self._masks = self.group["masks"]
-        self._logits = self.group["logits"]
+        fs, root = store_filesystem(path)
+        self._masks = RowReader(fs, f"{root}/masks", self.group["masks"])
+        self._logits = RowReader(fs, f"{root}/logits", self.group["logits"])
+        self.codec = store_codec(self.attrs)
         head = self.attrs["head"]
         self.strides = head["strides"]
         self.num_classes = head["num_classes"]
@@ -133,16 +158,16 @@ class StoreReader:
         return self._record_of_image[image_id] * self.num_views + view
 
     def read_record(self, record: int):
-        """All levels of one record (an LDTargets), with one read of `masks` and one of `logits`."""
+        """All levels of one record (an LDTargets): the chunks under its rows of `masks` and `logits`."""
         from .targets import LDTargets
         from .views import featmap_sizes
 
         bounds = self.ptr[record]
         start, end = int(bounds[0]), int(bounds[-1])
-        masks = np.ascontiguousarray(self._masks[start:end]).view(MASK_DTYPE).reshape(-1)
+        masks = np.ascontiguousarray(self._masks.rows(start, end)).view(MASK_DTYPE).reshape(-1)
         grid = featmap_sizes(tuple(self.pad_shape[record]), self.strides)
         return LDTargets(bounds - start, np.asarray(grid, dtype=np.int64), masks,
-                         self._logits[start:end], self.num_classes)
+                         self.codec.decode(self._logits.rows(start, end)), self.num_classes)
 
     def match_view(self, image_id: int, img_shape, scale_factor, flip: bool) -> int:
         """The record of this image whose geometry is exactly the sample's, or a clear error."""

@@ -5,7 +5,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .store import FLAG_MAIN, FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL, MASK_DTYPE
+from .store import FLAG_MAIN, FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL, MASK_DTYPE, store_codec
 
 ENTROPY_BINS = 40
 REGIONS = {"main": FLAG_MAIN, "vlr_official": FLAG_VLR_OFFICIAL, "vlr_diou": FLAG_VLR_DIOU}
@@ -29,13 +29,15 @@ def row_levels(ptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.where(inside, k % num_levels, -1)
 
 
-def _chunk_stats(masks, logits, block_info=None, *, ptr, bins, num_levels, edges):
+def _chunk_stats(masks, logits, block_info=None, *, ptr, codec, num_levels, edges):
     """Per-chunk partial sums: entropy histogram and sum per level, region row counts per level."""
     first = block_info[0]["array-location"][0][0]
     rows = np.arange(first, first + len(masks))
     levels = row_levels(ptr, rows)
     flags = np.ascontiguousarray(masks).view(MASK_DTYPE).reshape(-1)["flags"]
-    entropy = edge_entropy(logits[:, :4 * bins].reshape(len(logits), 4, bins)).mean(axis=1)
+    bins = codec.bins
+    values = codec.decode(logits)
+    entropy = edge_entropy(values[:, :4 * bins].reshape(len(values), 4, bins)).mean(axis=1)
     hist = np.zeros((num_levels, len(edges) - 1))
     sums = np.zeros((num_levels, 2))
     regions = np.zeros((num_levels, len(REGIONS)))
@@ -51,14 +53,13 @@ def store_statistics(group) -> dict:
     """Entropy (mean and histogram) per level and rows per level and region, over the whole store."""
     ptr = group["ptr"][:]
     num_levels = ptr.shape[1] - 1
-    head = group.attrs["head"]
-    bins = head["reg_max"] + 1
-    edges = np.linspace(0.0, np.log(bins), ENTROPY_BINS + 1)
+    codec = store_codec(dict(group.attrs))
+    edges = np.linspace(0.0, np.log(codec.bins), ENTROPY_BINS + 1)
     masks = da.from_zarr(group["masks"])
     logits = da.from_zarr(group["logits"])
     masks = masks.rechunk((logits.chunks[0], masks.shape[1]))
     width = ENTROPY_BINS + 2 + len(REGIONS)
-    parts = da.map_blocks(_chunk_stats, masks, logits, ptr=ptr, bins=bins, num_levels=num_levels, edges=edges,
+    parts = da.map_blocks(_chunk_stats, masks, logits, ptr=ptr, codec=codec, num_levels=num_levels, edges=edges,
                           dtype=np.float64, chunks=((1,) * masks.numblocks[0], (num_levels,), (width,)),
                           new_axis=2)
     total = parts.sum(axis=0)

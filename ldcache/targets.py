@@ -60,10 +60,12 @@ class RegionRowMaker:
     """
 
     def __init__(self, prior_generator, strides: list[int], region: str = "distill",
-                 gamma: float = 0.25, topk: int = 9):
+                 gamma: float = 0.25, topk: int = 9, vlr_metrics: tuple[str, ...] = VLR_METRICS):
         self.generator = prior_generator
         self.strides = strides
         self.region, self.gamma, self.topk = region, gamma, topk
+        # A metric left out gets no flag, ratio or weight: its VLR is simply not in the store.
+        self.metric_on = torch.tensor([m in vlr_metrics for m in VLR_METRICS])
 
     def rows(self, boxes: torch.Tensor, pad_shape: tuple[int, int]) -> list[np.ndarray]:
         """Per level, the MASK_DTYPE rows for GT `boxes` (xyxy, in view coordinates)."""
@@ -72,7 +74,9 @@ class RegionRowMaker:
         counts = [a.shape[0] for a in anchors]
         regions = compute_regions(torch.cat(anchors), counts, boxes.cpu().float(),
                                   gamma=self.gamma, topk=self.topk)
-        vlr = regions.vlr(self.gamma)
+        vlr = regions.vlr(self.gamma) & self.metric_on
+        vlr_ratio = regions.vlr_ratio * self.metric_on
+        vlr_weight = regions.vlr_weight * self.metric_on
         flags = (regions.main.to(torch.uint8) * FLAG_MAIN
                  + vlr[:, VLR_METRICS.index("official")].to(torch.uint8) * FLAG_VLR_OFFICIAL
                  + vlr[:, VLR_METRICS.index("diou")].to(torch.uint8) * FLAG_VLR_DIOU)
@@ -84,8 +88,8 @@ class RegionRowMaker:
             rows = np.zeros(loc.numel(), dtype=MASK_DTYPE)
             rows["loc"] = loc.numpy()
             rows["flags"] = flags[sl][loc].numpy()
-            rows["vlr_ratio"] = regions.vlr_ratio[sl][loc].numpy()
-            rows["vlr_weight"] = regions.vlr_weight[sl][loc].numpy()
+            rows["vlr_ratio"] = vlr_ratio[sl][loc].numpy()
+            rows["vlr_weight"] = vlr_weight[sl][loc].numpy()
             out.append(rows)
             start += count
         return out

@@ -93,6 +93,7 @@ def run_demo(work_dir: Path, data_root: Path, teacher_epochs: int | None = None,
                                                                          teacher_opts))
     console.rule("[bold]3/5 dump the teacher (identity + flipped view)")
     store = work_dir / "teacher.zarr"
+    _forget_unreadable_dump(work_dir / "dump", store)
     dump = run_once(work_dir / "dump", lambda: _dump(root, work_dir, store))
 
     student_opts = {"train_cfg.max_epochs": student_epochs} if student_epochs else None
@@ -106,6 +107,20 @@ def run_demo(work_dir: Path, data_root: Path, teacher_epochs: int | None = None,
     picture = _inspect_picture(store, work_dir / "inspect.png")
     _print_table(teacher, baseline, cached, dump, time.perf_counter() - start, picture)
     return {"teacher": teacher, "dump": dump, "student_plain": baseline, "student_cached_ld": cached}
+
+
+def _forget_unreadable_dump(step: Path, store: Path) -> None:
+    """A store from an earlier run that this ldcache refuses (another format version) is dumped again."""
+    from ldcache.errors import LDCacheError
+    from ldcache.store import StoreReader
+
+    if not step.exists():
+        return
+    try:
+        StoreReader(store)
+    except LDCacheError as err:
+        console.print(f"[yellow]dumping again: {err}[/]")
+        shutil.rmtree(step)
 
 
 def _inspect_picture(store: Path, out: Path) -> Path:

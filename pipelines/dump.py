@@ -12,12 +12,14 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import zarr
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
@@ -25,10 +27,12 @@ from rich.text import Text
 
 from ldcache.errors import LDCacheError
 from ldcache.regions import VLR_METRICS
-from ldcache.store import (MASK_DTYPE, STATUS_COMPLETE, STATUS_CREATED, STATUS_MASKS, block_row_starts,
-                           block_rows, create_store, open_group_checked, store_bytes_on_disk)
+from ldcache.store import (FLAG_MAIN, MASK_DTYPE, STATUS_COMPLETE, STATUS_CREATED, STATUS_MASKS,
+                           block_row_starts, block_rows, create_store, open_group_checked, store_bytes_on_disk,
+                           store_codec, store_exists)
 from ldcache.targets import RegionRowMaker, gather_logits
 from ldcache.teacher import build_teacher, file_sha256, head_geometry, load_config, teacher_outputs
+from ldcache.value_codec import VALUE_CODECS, ValueCodec
 from ldcache.views import View, boxes_in_view, featmap_sizes, view_geometry
 
 console = Console(stderr=True)
@@ -41,18 +45,21 @@ class DumpOptions:
     checkpoint: Path
     ann_file: Path
     img_dir: Path
-    out: Path
+    out: str | Path  # a folder, or an object-store URL such as s3://bucket/prefix/teacher.zarr
     views: list[View]
     region: str = "distill"
     gamma: float = 0.25
     topk: int = 9
     dtype: str = "fp16"
+    vlr_metrics: tuple[str, ...] = VLR_METRICS
+    vlr_class_logits: bool = True
     device: str = "auto"
     batch_size: int = 1
     workers: int = 2
     block_size: int = 64
-    chunk_rows: int = 2048
+    chunk_rows: int = 512
     resume: bool = False
+    dask_scheduler: str | None = None  # address of a dask.distributed scheduler for pass 1
 
 
 @dataclass
@@ -144,12 +151,14 @@ def _block_counts(maker: RegionRowMaker, records: list[tuple[ImageEntry, View]])
     return np.array([[len(r) for r in _record_rows(maker, e, v)] for e, v in records], dtype=np.int64)
 
 
-def _write_block_masks(maker: RegionRowMaker, records, masks_array, start: int, end: int) -> None:
+def _write_block_masks(maker: RegionRowMaker, records, store: str, start: int, end: int) -> None:
     torch.set_num_threads(1)
     rows = np.concatenate([r for e, v in records for r in _record_rows(maker, e, v)]) if records else None
     if rows is not None and len(rows):
         assert len(rows) == end - start, "region rows changed between the two mask passes"
-        masks_array[start:end] = rows.view(np.uint8).reshape(len(rows), MASK_DTYPE.itemsize)
+        # Opened here, not passed in: on a dask.distributed cluster this runs in another process.
+        masks = zarr.open_group(store, mode="r+")["masks"]
+        masks[start:end] = rows.view(np.uint8).reshape(len(rows), MASK_DTYPE.itemsize)
 
 
 def _blocks(records: list, block_size: int) -> list[list]:
@@ -157,26 +166,48 @@ def _blocks(records: list, block_size: int) -> list[list]:
 
 
 def run_mask_pass(maker: RegionRowMaker, records: list, opts: DumpOptions, attrs: dict,
-                  record_meta: dict, num_values: int):
+                  record_meta: dict, codec: ValueCodec):
     """Pass 1: count rows (dask, in parallel), lay out the store, write the masks (dask again)."""
     import dask
 
     blocks = _blocks(records, opts.block_size)
-    with _spinner("pass 1/2: regions from annotations (row counts)"):
-        counts = dask.compute(*[dask.delayed(_block_counts)(maker, b) for b in blocks],
-                              scheduler="threads")
-    counts = np.concatenate(counts)
-    ptr, total = block_row_starts(counts, opts.block_size, opts.chunk_rows)
-    group = create_store(opts.out, attrs, ptr, total, record_meta, num_values, opts.dtype,
-                         opts.block_size, opts.chunk_rows)
-    tasks = []
-    for b, block in enumerate(blocks):
-        start, end, _ = block_rows(ptr, b, opts.block_size)
-        tasks.append(dask.delayed(_write_block_masks)(maker, block, group["masks"], start, end))
-    with _spinner("pass 1/2: writing region masks"):
-        dask.compute(*tasks, scheduler="threads")
+    with _dask_scheduler(opts.dask_scheduler) as scheduler:
+        with _spinner(f"pass 1/2: regions from annotations (row counts, {_describe(scheduler)})"):
+            counts = dask.compute(*[dask.delayed(_block_counts)(maker, b) for b in blocks], scheduler=scheduler)
+        counts = np.concatenate(counts)
+        ptr, total = block_row_starts(counts, opts.block_size, opts.chunk_rows)
+        group = create_store(opts.out, attrs, ptr, total, record_meta, codec, opts.block_size, opts.chunk_rows)
+        tasks = []
+        for b, block in enumerate(blocks):
+            start, end, _ = block_rows(ptr, b, opts.block_size)
+            tasks.append(dask.delayed(_write_block_masks)(maker, block, str(opts.out), start, end))
+        with _spinner("pass 1/2: writing region masks"):
+            dask.compute(*tasks, scheduler=scheduler)
     group.attrs["status"] = STATUS_MASKS
     return group
+
+
+@contextmanager
+def _dask_scheduler(address: str | None):
+    """The dask.distributed cluster at `address` when one is given, else local threads."""
+    if not address:
+        yield "threads"
+        return
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout="10s", set_as_default=False)
+    except (OSError, TimeoutError) as err:
+        raise LDCacheError(f"cannot reach the dask scheduler at {address} ({err}); start one "
+                           "(`dask scheduler` and `dask worker`) or leave out --dask-scheduler") from None
+    with client:
+        yield client
+
+
+def _describe(scheduler) -> str:
+    if scheduler == "threads":
+        return "local threads"
+    return f"dask cluster {scheduler.scheduler.address}, {len(scheduler.scheduler_info()['workers'])} workers"
 
 
 # ----------------------------------------------------------------------------- pass 2: teacher
@@ -222,7 +253,7 @@ def run_teacher_pass(model, group, records: list, my_blocks: list[int], opts: Du
     ptr = group["ptr"][:]
     masks, logits, done = group["masks"], group["logits"], group["done"]
     img_shapes, pad_shapes = group["img_shape"][:], group["pad_shape"][:]
-    value_dtype = logits.dtype
+    codec = store_codec(dict(group.attrs))
     total = sum(len(block_rows(ptr, b, opts.block_size)[2]) for b in my_blocks)
     writer = ThreadPoolExecutor(max_workers=1)  # writing overlaps the next block's forward passes
     pending = None
@@ -234,7 +265,7 @@ def run_teacher_pass(model, group, records: list, my_blocks: list[int], opts: Du
             loader = torch.utils.data.DataLoader(ViewDataset(items), batch_size=opts.batch_size,
                                                  num_workers=opts.workers, collate_fn=_collate)
             block_masks = np.ascontiguousarray(masks[start:end]).view(MASK_DTYPE).reshape(-1)
-            block_values = np.zeros((end - start, logits.shape[1]), dtype=value_dtype)
+            block_values = np.zeros((end - start, codec.num_values), dtype=np.float32)
             for batch_records, batch in loader:
                 cls_scores, bbox_preds = teacher_outputs(model, batch)
                 for i, r in enumerate(batch_records):
@@ -251,15 +282,18 @@ def run_teacher_pass(model, group, records: list, my_blocks: list[int], opts: Du
                 progress.advance(task, len(batch_records))
             if pending is not None:
                 pending.result()
-            pending = writer.submit(_write_block, logits, done, b, start, end, block_values)
+            if not opts.vlr_class_logits:
+                # Class logits off the Main region only serve VLR KD; zeros cost nothing after Blosc.
+                block_values[(block_masks["flags"] & FLAG_MAIN) == 0, 4 * codec.bins:] = 0
+            pending = writer.submit(_write_block, logits, done, b, start, end, codec, block_values)
         if pending is not None:
             pending.result()
     writer.shutdown()
 
 
-def _write_block(logits, done, block: int, start: int, end: int, values: np.ndarray) -> None:
+def _write_block(logits, done, block: int, start: int, end: int, codec: ValueCodec, values: np.ndarray) -> None:
     if end > start:
-        logits[start:end] = values
+        logits[start:end] = codec.encode(values)
     done[block] = 1  # written last: a block is done only once its rows are on disk
 
 
@@ -275,6 +309,7 @@ def _fingerprint(opts: DumpOptions, hashes: dict) -> str:
     keys = dict(teacher=hashes["checkpoint"], config=hashes["config"], ann=hashes["ann"],
                 views=[asdict(v) for v in opts.views],
                 region=opts.region, gamma=opts.gamma, topk=opts.topk, dtype=opts.dtype,
+                vlr_metrics=list(opts.vlr_metrics), vlr_class_logits=opts.vlr_class_logits,
                 block_size=opts.block_size, chunk_rows=opts.chunk_rows)
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
 
@@ -308,8 +343,10 @@ def run_dump(opts: DumpOptions) -> dict | None:
     started = time.perf_counter()
     if opts.region not in REGION_MODES:
         raise LDCacheError(f"--region must be one of {REGION_MODES}, not {opts.region!r}")
-    if opts.dtype not in ("fp16", "fp32"):
-        raise LDCacheError(f"--dtype must be fp16 or fp32, not {opts.dtype!r}")
+    if opts.dtype not in VALUE_CODECS:
+        raise LDCacheError(f"--dtype must be one of {VALUE_CODECS}, not {opts.dtype!r}")
+    if not opts.vlr_metrics or set(opts.vlr_metrics) - set(VLR_METRICS):
+        raise LDCacheError(f"--vlr-metric must name one or more of {VLR_METRICS}, not {list(opts.vlr_metrics)}")
     rank, world = _dist_info()
     device = _resolve_device(opts.device)
     cfg = load_config(opts.teacher_config)
@@ -322,7 +359,7 @@ def run_dump(opts: DumpOptions) -> dict | None:
                            f"{len(scan.classes)}; give the teacher's own dataset classes")
     records = [(entry, view) for entry in scan.images for view in opts.views]
     maker = RegionRowMaker(model.bbox_head.prior_generator, geometry["strides"], opts.region, opts.gamma,
-                           opts.topk)
+                           opts.topk, tuple(opts.vlr_metrics))
 
     if rank == 0:
         _prepare_store(opts, _input_hashes(opts), scan, records, geometry, maker)
@@ -347,7 +384,7 @@ def _prepare_store(opts, hashes, scan, records, geometry, maker) -> None:
     """Check an existing store for --resume, or run pass 1 into a new one."""
     out = opts.out
     fingerprint = _fingerprint(opts, hashes)
-    if out.exists() and any(out.iterdir()):
+    if store_exists(out):
         if not opts.resume:
             raise LDCacheError(f"{out} already exists; add --resume to finish or reuse it, or choose "
                                "another --out")
@@ -368,9 +405,10 @@ def _prepare_store(opts, hashes, scan, records, geometry, maker) -> None:
                     "img_dir": str(opts.img_dir), "classes": list(scan.classes)},
         "views": views,
         "region": {"mode": opts.region, "gamma": opts.gamma, "topk": opts.topk,
-                   "vlr_metrics": list(VLR_METRICS)},
+                   "vlr_metrics": [m for m in VLR_METRICS if m in opts.vlr_metrics]},
         "values": {"dtype": opts.dtype, "layout": "reg[4*(reg_max+1)] (edge-major) then cls[num_classes]",
-                   "kind": "raw logits, pre-softmax, before temperature"},
+                   "kind": "raw logits, pre-softmax, before temperature",
+                   "class_logits": "all rows" if opts.vlr_class_logits else "main rows"},
         "layout": {"block_size": opts.block_size, "chunk_rows": opts.chunk_rows,
                    "num_images": len(scan.images), "num_views": len(opts.views)},
         "codecs": "blosc zstd clevel 5, byte shuffle",
@@ -383,15 +421,15 @@ def _prepare_store(opts, hashes, scan, records, geometry, maker) -> None:
         "pad_shape": np.array([g.pad_shape for g in geos], dtype=np.int32),
         "flip": np.array([g.flip for g in geos], dtype=np.uint8),
     }
-    num_values = 4 * (geometry["reg_max"] + 1) + geometry["num_classes"]
-    run_mask_pass(maker, records, opts, attrs, record_meta, num_values)
+    codec = ValueCodec(opts.dtype, geometry["reg_max"] + 1, geometry["num_classes"])
+    run_mask_pass(maker, records, opts, attrs, record_meta, codec)
 
 
 def _summary(group, scan: DatasetScan, opts: DumpOptions, wall: float) -> dict:
     ptr = group["ptr"][:]
     per_level = (ptr[:, 1:] - ptr[:, :-1]).sum(axis=0)
     strides = group.attrs["head"]["strides"]
-    num_values = group["logits"].shape[1]
+    num_values = store_codec(dict(group.attrs)).num_values
     dense_locations = sum(int(np.prod(s)) for p in group["pad_shape"][:] for s in featmap_sizes(tuple(p), strides))
     dense_bytes = dense_locations * num_values * 2
     disk = store_bytes_on_disk(opts.out)

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ldcache.errors import LDCacheError
 from ldcache.regions import VLR_METRICS
-from ldcache.store import FLAG_MAIN, FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL, StoreReader, store_bytes_on_disk
+from ldcache.store import FLAG_MAIN, FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL, StoreReader, store_bytes_on_disk, store_exists
 from ldcache.store_stats import edge_entropy, store_statistics
 
 EDGES = ("left", "top", "right", "bottom")
@@ -276,8 +276,8 @@ def plot_stats(stats: dict, out: Path, dpi: int = 100) -> Path:
     return out
 
 
-def open_reader(store: Path) -> StoreReader:
+def open_reader(store: str | Path) -> StoreReader:
     """A reader of a finished store of this format version, or a one-line reason why not."""
-    if not Path(store).exists():
+    if not store_exists(store):
         raise LDCacheError(f"store {store} does not exist")
     return StoreReader(store)

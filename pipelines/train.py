@@ -43,7 +43,7 @@ def use_online_teacher(cfg: Config, teacher_config: Path, teacher_ckpt: Path) ->
                             "teacher_ckpt": str(teacher_ckpt), "vlr_gamma": gamma})
 
 
-def build_student_runner(config: Path, cache: Path | None = None, teacher: tuple[Path, Path] | None = None,
+def build_student_runner(config: Path, cache: str | Path | None = None, teacher: tuple[Path, Path] | None = None,
                          work_dir: Path | None = None, cfg_options: dict | None = None, resume: bool = False):
     def prepare(cfg: Config) -> None:
         if teacher is not None:

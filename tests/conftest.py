@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 BIN = Path(sys.executable).parent
 TEACHER_CONFIG = CONFIGS / "tiny" / "gfl_r18_tiny.py"
+CACHED_CONFIG = CONFIGS / "tiny" / "ld_r18_tiny_cached.py"
 
 
 def dump_args(root, teacher, out, *extra) -> list[str]:
@@ -19,6 +20,36 @@ def dump_args(root, teacher, out, *extra) -> list[str]:
     return [str(TEACHER_CONFIG), str(teacher), "--ann-file", str(root / "annotations/instances_train.json"),
             "--img-dir", str(root / "images/train"), "--out", str(out), "--workers", "0",
             "--block-size", "4", *extra]
+
+
+def cached_cfg(store, flip: float = 0.0, **head):
+    """The tiny cached-LD student config reading `store`, with RandomFlip at probability `flip`."""
+    from mmengine.config import Config
+
+    from pipelines.train import use_cache
+
+    cfg = Config.fromfile(str(CACHED_CONFIG))
+    use_cache(cfg, str(store))
+    for step in cfg.train_dataloader.dataset.pipeline:
+        if step["type"] == "RandomFlip":
+            step["prob"] = flip
+    cfg.model.bbox_head.update(head)
+    return cfg
+
+
+def loaded_targets(store, workers: int, images: int = 8) -> dict:
+    """{image id: LDTargets} of the first `images` training samples, through mmengine's DataLoader."""
+    from mmdet.utils import register_all_modules
+    from mmengine.runner import Runner
+
+    import ldcache.mmdet_components  # noqa: F401
+
+    register_all_modules()
+    cfg = cached_cfg(store, flip=1.0)
+    cfg.train_dataloader.update(num_workers=workers, persistent_workers=False, batch_size=4)
+    cfg.train_dataloader.dataset.indices = images
+    loader = Runner.build_dataloader(cfg.train_dataloader, seed=0)
+    return {int(s.img_id): s.ld_targets for batch in loader for s in batch["data_samples"]}
 
 
 def run_dump_cli(args, launcher=(), **kw) -> subprocess.CompletedProcess:

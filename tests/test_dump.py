@@ -186,3 +186,50 @@ def test_categories_that_are_not_the_teachers_classes_are_named_in_the_error(sha
     result = _run_cli(args)
     assert result.returncode == 2 and "not the teacher's classes" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "s").exists()
+
+
+def test_size_options_store_what_training_needs_and_readers_refuse_the_rest(reference_store, shapes_root,
+                                                                           random_teacher, tmp_path):
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+
+    import ldcache.mmdet_components  # noqa: F401
+    from ldcache.ld_cache_check_hook import check_store_fits
+    from ldcache.store import FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL
+
+    out = tmp_path / "small"
+    result = _run_cli(_dump_args(shapes_root, random_teacher, out, "--dtype", "q8", "--vlr-metric", "diou",
+                                 "--no-vlr-class-logits"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    small, full = StoreReader(out), StoreReader(reference_store)
+    assert small.attrs["region"]["vlr_metrics"] == ["diou"]
+    assert small.attrs["values"] == {**full.attrs["values"], "dtype": "q8", "class_logits": "main rows"}
+    assert small.attrs["summary"]["bytes_on_disk"] < 0.7 * full.attrs["summary"]["bytes_on_disk"]
+    edge_kl = []
+    for record in range(8):
+        for a, b in zip(small.read_record(record).levels(), full.read_record(record).levels()):
+            kept = (b.flags & (FLAG_MAIN | FLAG_VLR_DIOU)) > 0
+            assert np.array_equal(a.loc, b.loc[kept])
+            assert np.array_equal(a.flags, b.flags[kept] & ~np.uint8(FLAG_VLR_OFFICIAL))
+            assert np.all(a.vlr_ratio[:, 0] == 0) and np.array_equal(a.vlr_ratio[:, 1], b.vlr_ratio[kept, 1])
+            main = (a.flags & FLAG_MAIN) > 0
+            assert np.all(a.cls[~main] == 0)
+            np.testing.assert_allclose(a.cls[main], b.cls[kept][main].astype(np.float32), atol=1e-3)
+            exact = torch.from_numpy(b.reg[kept].astype(np.float64)) / 10
+            stored = torch.from_numpy(a.reg.astype(np.float64)) / 10
+            kl = torch.nn.functional.kl_div(stored.log_softmax(-1), exact.log_softmax(-1), log_target=True,
+                                            reduction="none")
+            edge_kl.append(kl.sum(-1).reshape(-1))
+    assert torch.cat(edge_kl).mean() < 1e-5  # q8 edge distributions at T=10
+
+    ids = [int(i) for i in small.image_ids]
+    head_cfg = Config.fromfile(str(CONFIGS / "tiny/ld_r18_tiny_cached.py")).model.bbox_head
+    check_store_fits(small, None, ids, MODELS.build({**head_cfg, "vlr_metric": "diou"}))
+    check_store_fits(small, None, ids, MODELS.build({**head_cfg, "loss_ld_vlr": None}))  # no VLR term
+    with pytest.raises(LDCacheError, match="re-dump with --vlr-metric official"):
+        check_store_fits(small, None, ids, MODELS.build(head_cfg))
+    kd_vlr = dict(type="KnowledgeDistillationKLDivLoss", loss_weight=10, T=2)
+    with pytest.raises(LDCacheError, match="Main rows only"):
+        check_store_fits(small, None, ids, MODELS.build({**head_cfg, "vlr_metric": "diou", "loss_kd_vlr": kd_vlr}))
+    result = _run_cli(_dump_args(shapes_root, random_teacher, tmp_path / "bad", "--vlr-metric", "giou"))
+    assert result.returncode == 2 and "--vlr-metric must name" in result.stderr

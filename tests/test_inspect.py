@@ -10,8 +10,9 @@ import zarr
 from PIL import Image
 
 from conftest import BIN
-from ldcache.store import FLAG_MAIN, MASK_DTYPE, STATUS_COMPLETE, block_row_starts, create_store
+from ldcache.store import FLAG_MAIN, FORMAT_VERSION, MASK_DTYPE, STATUS_COMPLETE, block_row_starts, create_store
 from ldcache.store_stats import edge_entropy, store_statistics
+from ldcache.value_codec import ValueCodec
 
 
 def _inspect(*args):
@@ -32,7 +33,7 @@ def test_json_summary_matches_the_store(shapes_store):
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout)
     group, ptr, masks, logits, per_level = _all_rows(shapes_store)
-    assert summary["status"] == STATUS_COMPLETE and summary["format_version"] == 1
+    assert summary["status"] == STATUS_COMPLETE and summary["format_version"] == FORMAT_VERSION
     assert summary["images"] == group["image_ids"].shape[0] and summary["image_views"] == ptr.shape[0]
     assert summary["rows_per_level"] == [len(rows) for rows in per_level]
     assert summary["rows_per_level_and_region"]["main"] == [
@@ -113,9 +114,9 @@ def _synthetic_store(path, records, rows_per_level, num_classes=3, chunk_rows=20
     attrs = {"head": {"num_classes": num_classes, "reg_max": 16, "strides": [8, 16, 32, 64, 128]},
              "views": [{"name": "synthetic", "scale": [320, 320], "flip": False}],
              "region": {"mode": "distill", "gamma": 0.25, "vlr_metrics": ["official", "diou"]},
-             "dataset": {"classes": ["a", "b", "c"]}}
+             "dataset": {"classes": ["a", "b", "c"]}, "values": {"dtype": "fp16"}}
     meta = {"image_ids": np.arange(records, dtype=np.int64), "pad_shape": np.full((records, 2), 320, np.int32)}
-    group = create_store(path, attrs, ptr, total, meta, 68 + num_classes, "fp16", 64, chunk_rows)
+    group = create_store(path, attrs, ptr, total, meta, ValueCodec("fp16", 17, num_classes), 64, chunk_rows)
     masks = np.zeros(total, dtype=MASK_DTYPE)
     masks["flags"] = rng.integers(1, 8, total)
     group["masks"][:] = masks.view(np.uint8).reshape(total, MASK_DTYPE.itemsize)

@@ -6,25 +6,12 @@ import subprocess
 
 import pytest
 import torch
-from mmengine.config import Config
 
-from conftest import BIN, CONFIGS, TEACHER_CONFIG
+from conftest import BIN, CACHED_CONFIG, CONFIGS, TEACHER_CONFIG, cached_cfg as _cached_cfg, loaded_targets
 from ldcache.errors import LDCacheError
 
-CACHED_CONFIG = CONFIGS / "tiny" / "ld_r18_tiny_cached.py"
 LD_TERMS = ("loss_ld", "loss_ld_vlr", "loss_kd")
 
-
-def _cached_cfg(store, flip: float = 0.0, **head) -> Config:
-    from pipelines.train import use_cache
-
-    cfg = Config.fromfile(str(CACHED_CONFIG))
-    use_cache(cfg, str(store))
-    for step in cfg.train_dataloader.dataset.pipeline:
-        if step["type"] == "RandomFlip":
-            step["prob"] = flip
-    cfg.model.bbox_head.update(head)
-    return cfg
 
 
 def _models_and_batch(cfg, teacher, image_index=0):
@@ -190,19 +177,8 @@ def test_two_process_torchrun_training(shapes_store, shapes_root, tmp_path):
 
 def test_dataloader_workers_each_open_the_store_and_load_the_same_targets(shapes_store, shapes_root):
     import numpy as np
-    from mmdet.utils import register_all_modules
-    from mmengine.runner import Runner
 
-    import ldcache.mmdet_components  # noqa: F401
-
-    register_all_modules()
-    loaded = {}
-    for workers in (0, 2):
-        cfg = _cached_cfg(shapes_store, flip=1.0)
-        cfg.train_dataloader.update(num_workers=workers, persistent_workers=False, batch_size=4)
-        cfg.train_dataloader.dataset.indices = 8
-        loader = Runner.build_dataloader(cfg.train_dataloader, seed=0)
-        loaded[workers] = {int(s.img_id): s.ld_targets for batch in loader for s in batch["data_samples"]}
+    loaded = {workers: loaded_targets(shapes_store, workers) for workers in (0, 2)}
     assert loaded[0].keys() == loaded[2].keys() and len(loaded[0]) == 8
     for image_id, targets in loaded[0].items():
         other = loaded[2][image_id]

@@ -1,0 +1,144 @@
+"""Beyond one process: stores on S3 (a moto server on loopback), torchrun splits, dask clusters."""
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import BIN, dump_args, loaded_targets, run_dump_cli
+from ldcache.store import open_group_checked
+
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+BUCKET = "ldcache-test"
+ARRAYS = ("ptr", "masks", "logits", "done", "img_shape", "scale_factor", "flip", "image_ids")
+
+
+def _arrays(store) -> dict:
+    group = open_group_checked(store)
+    return {name: group[name][:] for name in ARRAYS}
+
+
+def _assert_same_arrays(store, reference) -> None:
+    a, b = _arrays(store), _arrays(reference)
+    for name in ARRAYS:
+        assert np.array_equal(a[name], b[name]), name
+
+
+@pytest.fixture(scope="module")
+def s3_env():
+    """A moto S3 server on 127.0.0.1 with one bucket; its credentials in os.environ while the module runs."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "ldcache-test-key", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        yield env
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+def test_two_writer_processes_fill_one_s3_store_equal_to_a_local_dump(s3_env, shapes_store, shapes_root,
+                                                                      random_teacher, tmp_path):
+    import fsspec
+
+    url = f"s3://{BUCKET}/stores/two-writers.zarr"
+    launcher = (TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python")
+    result = run_dump_cli(dump_args(shapes_root, random_teacher, url), launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same_arrays(url, shapes_store)
+
+    inspected = subprocess.run([str(BIN / "ldcache"), "inspect", url, "--json"], capture_output=True, text=True)
+    assert inspected.returncode == 0, inspected.stderr[-2000:]
+    summary = json.loads(inspected.stdout)
+    assert summary["image_views"] == 96 and summary["bytes_on_disk"] > 0
+
+    secret = s3_env["AWS_SECRET_ACCESS_KEY"]
+    fs, root = fsspec.core.url_to_fs(url)
+    objects = fs.find(root)
+    assert len(objects) > 10
+    assert not any(secret.encode() in blob for blob in fs.cat(objects).values()), "a credential in the store"
+    for text in (result.stdout, result.stderr, inspected.stdout, inspected.stderr):
+        assert secret not in text and "ldcache-test-key" not in text
+
+
+def test_dataloader_workers_read_an_s3_store_like_a_local_one(s3_env, shapes_store, tmp_path):
+    import fsspec
+
+    url = f"s3://{BUCKET}/stores/copy.zarr"
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.put(str(shapes_store), root, recursive=True)
+    remote, local = loaded_targets(url, workers=2), loaded_targets(shapes_store, workers=0)
+    assert remote.keys() == local.keys() and len(remote) == 8
+    for image_id, targets in local.items():
+        assert np.array_equal(remote[image_id].masks, targets.masks)
+        assert np.array_equal(remote[image_id].values, targets.values)
+
+
+def test_missing_s3_store_is_a_one_line_error(s3_env):
+    result = subprocess.run([str(BIN / "ldcache"), "inspect", f"s3://{BUCKET}/nothing-here.zarr"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("layout", ["3 processes", "2 nodes x 1 process"])
+def test_stores_do_not_depend_on_how_processes_are_placed(layout, shapes_store, shapes_root, random_teacher,
+                                                          tmp_path):
+    out = tmp_path / "store"
+    args = [str(BIN / "ldcache"), "dump-teacher", *dump_args(shapes_root, random_teacher, out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if layout == "3 processes":
+        launches = [[TORCHRUN, "--standalone", "--nproc-per-node", "3", "--no-python", *args]]
+    else:
+        # Two torchrun agents meeting at one rendezvous, as on two nodes.
+        rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                      "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "ldcache-test"]
+        launches = [[TORCHRUN, *rendezvous, "--no-python", *args] for _ in range(2)]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in launches]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    _assert_same_arrays(out, shapes_store)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mask_pass_on_a_dask_cluster_gives_the_same_store(shapes_store, shapes_root, random_teacher, tmp_path):
+    from distributed import LocalCluster
+
+    out = tmp_path / "dask"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        result = run_dump_cli(dump_args(shapes_root, random_teacher, out, "--dask-scheduler",
+                                        cluster.scheduler_address))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "dask cluster" in result.stderr and "2 workers" in result.stderr
+    _assert_same_arrays(out, shapes_store)
+
+    refused = run_dump_cli(dump_args(shapes_root, random_teacher, tmp_path / "nowhere", "--dask-scheduler",
+                                     f"tcp://127.0.0.1:{_free_port()}"))
+    assert refused.returncode == 2 and "cannot reach the dask scheduler" in refused.stderr
+    assert "Traceback" not in refused.stderr
