@@ -3,9 +3,10 @@
 Rows are ragged (CSR): record r = image_index * n_views + view_index owns rows
 ``ptr[r, 0] : ptr[r, L]``, level l rows ``ptr[r, l] : ptr[r, l + 1]``. Every row has a packed
 region entry in ``masks`` and its teacher logits in ``logits`` (encoded by ``value_codec``), so
-reading one record takes the chunks under two row ranges. Records are grouped in blocks of ``block_size``, and each block's rows start on a chunk
-boundary. A block has one writer, and two writers never touch one chunk. A block's ``done`` flag
-is written after its rows, and ``status`` becomes "complete" only once every block is done.
+reading one record takes the chunks under two row ranges. Records are grouped in blocks of
+``block_size``, and each block's rows start on a chunk boundary. A block has one writer, and two
+writers never touch one chunk. A block's ``done`` flag is written after its rows, and ``status``
+becomes "complete" only once every block is done.
 """
 from __future__ import annotations
 

@@ -8,11 +8,12 @@ ranks; the layout never depends on the number of processes.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -93,9 +94,11 @@ def scan_dataset(ann_file: Path, img_dir: Path, classes) -> DatasetScan:
     if not img_dir.is_dir():
         raise LDCacheError(f"image folder {img_dir} does not exist")
     try:
-        dataset = CocoDataset(ann_file=str(ann_file), data_prefix=dict(img=str(img_dir) + "/"),
-                              metainfo=dict(classes=classes) if classes else None,
-                              filter_cfg=None, pipeline=[], serialize_data=False)
+        # pycocotools reports its loading on stdout, which belongs to the command's results.
+        with redirect_stdout(io.StringIO()):
+            dataset = CocoDataset(ann_file=str(ann_file), data_prefix=dict(img=str(img_dir) + "/"),
+                                  metainfo=dict(classes=classes) if classes else None,
+                                  filter_cfg=None, pipeline=[], serialize_data=False)
     except (KeyError, ValueError, json.JSONDecodeError, AssertionError) as err:
         raise LDCacheError(f"{ann_file} is not a COCO detection annotation file: {err}") from None
     scan = DatasetScan(images=[], classes=tuple(dataset.metainfo["classes"]))
@@ -248,53 +251,75 @@ def _collate(batch):
     return records, pseudo_collate(batch)
 
 
+@dataclass
+class _BlockBuffer:
+    """The teacher values of one block, filled record by record, then written whole."""
+
+    block: int
+    start: int  # first row
+    masks: np.ndarray  # MASK_DTYPE rows of the block
+    values: np.ndarray  # [rows, num_values] float32
+    records_left: int
+
+
 def run_teacher_pass(model, group, records: list, my_blocks: list[int], opts: DumpOptions,
                      device: str, strides: list[int], progress_enabled: bool) -> None:
     ptr = group["ptr"][:]
     masks, logits, done = group["masks"], group["logits"], group["done"]
     img_shapes, pad_shapes = group["img_shape"][:], group["pad_shape"][:]
     codec = store_codec(dict(group.attrs))
-    total = sum(len(block_rows(ptr, b, opts.block_size)[2]) for b in my_blocks)
+
+    def open_block(block: int) -> _BlockBuffer:
+        start, end, recs = block_rows(ptr, block, opts.block_size)
+        block_masks = np.ascontiguousarray(masks[start:end]).view(MASK_DTYPE).reshape(-1)
+        return _BlockBuffer(block, start, block_masks, np.zeros((end - start, codec.num_values), np.float32),
+                            len(recs))
+
+    items = [(r, *records[r]) for b in my_blocks for r in block_rows(ptr, b, opts.block_size)[2]]
+    # One loader for all of this rank's blocks: its workers start once and keep decoding across
+    # block ends (a loader per block paid the workers' start-up on every block).
+    loader = torch.utils.data.DataLoader(ViewDataset(items), batch_size=opts.batch_size,
+                                         num_workers=opts.workers, collate_fn=_collate)
     writer = ThreadPoolExecutor(max_workers=1)  # writing overlaps the next block's forward passes
-    pending = None
+    pending, buffer = None, None
     with _progress(progress_enabled) as progress:
-        task = progress.add_task("pass 2/2: teacher", total=total)
-        for b in my_blocks:
-            start, end, recs = block_rows(ptr, b, opts.block_size)
-            items = [(r, *records[r]) for r in recs]
-            loader = torch.utils.data.DataLoader(ViewDataset(items), batch_size=opts.batch_size,
-                                                 num_workers=opts.workers, collate_fn=_collate)
-            block_masks = np.ascontiguousarray(masks[start:end]).view(MASK_DTYPE).reshape(-1)
-            block_values = np.zeros((end - start, codec.num_values), dtype=np.float32)
-            for batch_records, batch in loader:
-                cls_scores, bbox_preds = teacher_outputs(model, batch)
-                for i, r in enumerate(batch_records):
-                    sample = batch["data_samples"][i]
-                    if tuple(sample.img_shape) != tuple(img_shapes[r]):
-                        raise LDCacheError(
-                            f"image {records[r][0].image_id}: the pipeline resized it to "
-                            f"{tuple(sample.img_shape)} but pass 1 expected {tuple(img_shapes[r])}; "
-                            "is the annotation file's width/height right for this image?")
-                    lo, hi = ptr[r, 0] - start, ptr[r, -1] - start
-                    levels = [block_masks[a - start:z - start] for a, z in zip(ptr[r, :-1], ptr[r, 1:])]
-                    grid = featmap_sizes(tuple(pad_shapes[r]), strides)
-                    block_values[lo:hi] = gather_logits(cls_scores, bbox_preds, i, levels, grid).cpu().numpy()
-                progress.advance(task, len(batch_records))
-            if pending is not None:
-                pending.result()
-            if not opts.vlr_class_logits:
-                # Class logits off the Main region only serve VLR KD; zeros cost nothing after Blosc.
-                block_values[(block_masks["flags"] & FLAG_MAIN) == 0, 4 * codec.bins:] = 0
-            pending = writer.submit(_write_block, logits, done, b, start, end, codec, block_values)
+        task = progress.add_task("pass 2/2: teacher", total=len(items))
+        for batch_records, batch in loader:
+            cls_scores, bbox_preds = teacher_outputs(model, batch)
+            for i, r in enumerate(batch_records):
+                sample = batch["data_samples"][i]
+                if tuple(sample.img_shape) != tuple(img_shapes[r]):
+                    raise LDCacheError(
+                        f"image {records[r][0].image_id}: the pipeline resized it to "
+                        f"{tuple(sample.img_shape)} but pass 1 expected {tuple(img_shapes[r])}; "
+                        "is the annotation file's width/height right for this image?")
+                if buffer is None:
+                    buffer = open_block(r // opts.block_size)
+                first = buffer.start
+                levels = [buffer.masks[a - first:z - first] for a, z in zip(ptr[r, :-1], ptr[r, 1:])]
+                grid = featmap_sizes(tuple(pad_shapes[r]), strides)
+                buffer.values[ptr[r, 0] - first:ptr[r, -1] - first] = (
+                    gather_logits(cls_scores, bbox_preds, i, levels, grid).cpu().numpy())
+                buffer.records_left -= 1
+                if buffer.records_left == 0:
+                    if pending is not None:
+                        pending.result()
+                    pending = writer.submit(_write_block, logits, done, buffer, codec, opts.vlr_class_logits)
+                    buffer = None
+            progress.advance(task, len(batch_records))
         if pending is not None:
             pending.result()
     writer.shutdown()
 
 
-def _write_block(logits, done, block: int, start: int, end: int, codec: ValueCodec, values: np.ndarray) -> None:
-    if end > start:
-        logits[start:end] = codec.encode(values)
-    done[block] = 1  # written last: a block is done only once its rows are on disk
+def _write_block(logits, done, buffer: _BlockBuffer, codec: ValueCodec, vlr_class_logits: bool) -> None:
+    values = buffer.values
+    if not vlr_class_logits:
+        # Class logits off the Main region only serve VLR KD; zeros cost nothing after Blosc.
+        values[(buffer.masks["flags"] & FLAG_MAIN) == 0, 4 * codec.bins:] = 0
+    if len(values):
+        logits[buffer.start:buffer.start + len(values)] = codec.encode(values)
+    done[buffer.block] = 1  # written last: a block is done only once its rows are on disk
 
 
 # ----------------------------------------------------------------------------- orchestration
