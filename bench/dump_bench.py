@@ -7,12 +7,17 @@
 3. fidelity: LD's KL at T=10 between the stored values and the exact fp32 teacher outputs.
 4. reading: CPU time to read and decode one complete record, per variant, in a fresh process.
 
-It uses a randomly initialised teacher (no pretrained weights can be had here), so absolute speeds
-are not the point: the ratios are, all measured side by side in this run.
+By default it uses a randomly initialised teacher with COCO's 80 classes (no pretrained weights can
+be had here), so absolute speeds are not the point: the ratios are, all measured side by side in
+this run. Random logits are not a trained teacher's, and how well logits compress depends on them:
+`--checkpoint` runs a trained teacher instead (its config's own classes label the synthetic boxes),
+and each variant then also reports the bytes an 80-class head would add at most (its extra class
+logits stored raw, without compression).
 
     python bench/dump_bench.py                          # tiny teacher, 16 COCO-geometry images
     python bench/dump_bench.py --teacher configs/coco/gfl_r101_fpn_ms-2x_coco_teacher.py --images 8
     python bench/dump_bench.py --variants default     # overhead, fidelity and read of the default only
+    python bench/dump_bench.py --checkpoint work_dirs/experiment/teacher/epoch_12.pth   # trained shapes teacher
 """
 from __future__ import annotations
 
@@ -41,7 +46,8 @@ VARIANTS = {
 COCO_SIZE_MIX = ((0.41, 8, 32), (0.34, 32, 96), (0.25, 96, 400))
 
 
-def make_coco_geometry_set(root: Path, num_images: int, seed: int = 0) -> tuple[Path, Path]:
+def make_coco_geometry_set(root: Path, num_images: int, classes: tuple[str, ...] = COCO_CLASSES,
+                           seed: int = 0) -> tuple[Path, Path]:
     """Synthetic 1333x800 images with boxes drawn from COCO's box count and size statistics."""
     import cv2
 
@@ -63,13 +69,13 @@ def make_coco_geometry_set(root: Path, num_images: int, seed: int = 0) -> tuple[
             cv2.rectangle(canvas, (int(x), int(y)), (int(x + w), int(y + h)),
                           tuple(int(c) for c in rng.integers(0, 255, 3)), -1)
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": int(rng.integers(1, len(COCO_CLASSES) + 1)), "bbox": [x, y, w, h],
+                                "category_id": int(rng.integers(1, len(classes) + 1)), "bbox": [x, y, w, h],
                                 "area": w * h, "iscrowd": 0})
         name = f"{image_id:06d}.jpg"
         cv2.imwrite(str(root / "images" / name), canvas)
         images.append({"id": image_id, "file_name": name, "width": width, "height": height})
     ann = root / "instances.json"
-    categories = [{"id": i, "name": n} for i, n in enumerate(COCO_CLASSES, 1)]
+    categories = [{"id": i, "name": n} for i, n in enumerate(classes, 1)]
     ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return ann, root / "images"
 
@@ -150,9 +156,26 @@ def read_seconds_per_record(path: Path, repeats: int = 5) -> float:
     return (time.process_time() - start) / (repeats * reader.num_records)
 
 
+def extra_class_bytes(path: Path, num_classes: int) -> float:
+    """Per image-view, the bytes that the class logits of a `num_classes` head would add at most to
+    this store: the missing classes of every row that stores class logits, raw fp16 (or fp32)."""
+    from ldcache.store import FLAG_MAIN, MASK_DTYPE, StoreReader
+
+    reader = StoreReader(path)
+    if reader.attrs["values"]["class_logits"] == "all rows":
+        rows = int((reader.ptr[:, -1] - reader.ptr[:, 0]).sum())
+    else:
+        flags = np.ascontiguousarray(reader.group["masks"][:]).view(MASK_DTYPE)["flags"].reshape(-1)
+        rows = int(((flags & FLAG_MAIN) > 0).sum())
+    itemsize = 4 if reader.codec.name == "fp32" else 2
+    return rows * (num_classes - reader.num_classes) * itemsize / reader.num_records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, default=REPO / "configs/tiny/gfl_r34_tiny_teacher.py")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="a trained checkpoint of --teacher (default: random weights, 80 classes)")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--scale", default="1333x800")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -168,22 +191,27 @@ def main() -> None:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ldcache-bench-"))
-    ann, img_dir = make_coco_geometry_set(work / "data", args.images)
-    config = random_teacher_checkpoint(args.teacher, work / "teacher.pth", COCO_CLASSES)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.checkpoint:
+        config, checkpoint = args.teacher, args.checkpoint
+        classes = tuple(load_config(config).train_dataloader.dataset.metainfo.classes)
+    else:
+        config, checkpoint, classes = None, work / "teacher.pth", COCO_CLASSES
+        config = random_teacher_checkpoint(args.teacher, checkpoint, classes)
+    ann, img_dir = make_coco_geometry_set(work / "data", args.images, classes)
     scale = tuple(int(v) for v in args.scale.split("x"))
     views = parse_views([scale], flip=True)
 
     results = {}
     for name, fields in variants.items():
         out = work / f"store-{name}"
-        opts = DumpOptions(config, work / "teacher.pth", ann, img_dir, out, views, workers=2, block_size=8,
-                           **fields)
+        opts = DumpOptions(config, checkpoint, ann, img_dir, out, views, workers=2, block_size=8, **fields)
         start = time.perf_counter()
         summary = run_dump(opts)
         results[name] = {"wall": time.perf_counter() - start, **summary}
 
-    model = build_teacher(load_config(config), work / "teacher.pth", "cpu")
-    scan = scan_dataset(ann, img_dir, COCO_CLASSES)
+    model = build_teacher(load_config(config), checkpoint, "cpu")
+    scan = scan_dataset(ann, img_dir, classes)
     reader = StoreReader(work / "store-default")
     items = [(reader.record_index(e.image_id, v), e, view)
              for e in scan.images for v, view in enumerate(views)]
@@ -195,9 +223,14 @@ def main() -> None:
                     "read_cpu_ms_per_record": round(
                         in_fresh_process(read_seconds_per_record, work / f"store-{name}") * 1e3, 3)}
              for name, r in results.items()}
+    if len(classes) < len(COCO_CLASSES):
+        for name, size in sizes.items():
+            size["bytes_per_image_view_at_80_classes_at_most"] = round(
+                size["bytes_per_image_view"] + extra_class_bytes(work / f"store-{name}", len(COCO_CLASSES)))
     print(json.dumps({
-        "teacher": str(args.teacher.relative_to(REPO)), "image_views": default["image_views"],
-        "input": args.scale, "classes": len(COCO_CLASSES),
+        "teacher": str(args.teacher.relative_to(REPO)),
+        "weights": str(args.checkpoint) if args.checkpoint else "random", "image_views": default["image_views"],
+        "input": args.scale, "classes": len(classes),
         "overhead_dump_over_forward": round(default["wall"] / forward, 3),
         "dump_seconds": round(default["wall"], 2), "forward_only_seconds": round(forward, 2),
         "dense_fp16_raw_bytes_per_image_view": round(default["dense_fp16_bytes"] / default["image_views"]),

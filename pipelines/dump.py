@@ -30,7 +30,7 @@ from ldcache.errors import LDCacheError
 from ldcache.regions import VLR_METRICS
 from ldcache.store import (FLAG_MAIN, MASK_DTYPE, STATUS_COMPLETE, STATUS_CREATED, STATUS_MASKS,
                            block_row_starts, block_rows, create_store, open_group_checked, store_bytes_on_disk,
-                           store_codec, store_exists)
+                           store_codec, store_exists, store_filesystem)
 from ldcache.targets import RegionRowMaker, gather_logits
 from ldcache.teacher import build_teacher, file_sha256, head_geometry, load_config, teacher_outputs
 from ldcache.value_codec import VALUE_CODECS, ValueCodec
@@ -149,16 +149,31 @@ def _record_rows(maker: RegionRowMaker, entry: ImageEntry, view: View) -> list[n
     return maker.rows(boxes_in_view(entry.boxes, geo), geo.pad_shape)
 
 
-def _block_counts(maker: RegionRowMaker, records: list[tuple[ImageEntry, View]]) -> np.ndarray:
-    torch.set_num_threads(1)
-    return np.array([[len(r) for r in _record_rows(maker, e, v)] for e, v in records], dtype=np.int64)
+def _staging_root(out: str | Path) -> str:
+    """Where pass 1 keeps each block's rows between computing them and writing them in place:
+    beside the store, on the same filesystem (a dask worker on another machine reaches it too)."""
+    return f"{str(out).rstrip('/')}.pass1"
 
 
-def _write_block_masks(maker: RegionRowMaker, records, store: str, start: int, end: int) -> None:
+def _stage_block_rows(maker: RegionRowMaker, records: list[tuple[ImageEntry, View]], staging: str,
+                      block: int) -> np.ndarray:
+    """Compute a block's region rows once, stage them, and return the per-record, per-level counts
+    that the layout needs (the rows are written in place once the layout is known)."""
     torch.set_num_threads(1)
-    rows = np.concatenate([r for e, v in records for r in _record_rows(maker, e, v)]) if records else None
-    if rows is not None and len(rows):
-        assert len(rows) == end - start, "region rows changed between the two mask passes"
+    per_record = [_record_rows(maker, e, v) for e, v in records]
+    rows = np.concatenate([r for levels in per_record for r in levels]) if per_record else np.zeros(0, MASK_DTYPE)
+    fs, root = store_filesystem(f"{staging}/block-{block}.npy")
+    with fs.open(root, "wb") as f:
+        np.save(f, rows)
+    return np.array([[len(r) for r in levels] for levels in per_record], dtype=np.int64)
+
+
+def _write_block_masks(staging: str, block: int, store: str, start: int, end: int) -> None:
+    fs, root = store_filesystem(f"{staging}/block-{block}.npy")
+    with fs.open(root, "rb") as f:
+        rows = np.load(f)
+    if len(rows):
+        assert len(rows) == end - start, "a staged block does not fit its place in the layout"
         # Opened here, not passed in: on a dask.distributed cluster this runs in another process.
         masks = zarr.open_group(store, mode="r+")["masks"]
         masks[start:end] = rows.view(np.uint8).reshape(len(rows), MASK_DTYPE.itemsize)
@@ -170,22 +185,30 @@ def _blocks(records: list, block_size: int) -> list[list]:
 
 def run_mask_pass(maker: RegionRowMaker, records: list, opts: DumpOptions, attrs: dict,
                   record_meta: dict, codec: ValueCodec):
-    """Pass 1: count rows (dask, in parallel), lay out the store, write the masks (dask again)."""
+    """Pass 1: regions of every block (dask, in parallel), computed once and staged; then the store
+    layout from their row counts, and the staged rows written in place (dask again)."""
     import dask
 
     blocks = _blocks(records, opts.block_size)
+    staging = _staging_root(opts.out)
+    fs, staging_path = store_filesystem(staging)
+    if fs.exists(staging_path):
+        fs.rm(staging_path, recursive=True)  # left by a dump killed in pass 1
+    fs.makedirs(staging_path, exist_ok=True)
     with _dask_scheduler(opts.dask_scheduler) as scheduler:
-        with _spinner(f"pass 1/2: regions from annotations (row counts, {_describe(scheduler)})"):
-            counts = dask.compute(*[dask.delayed(_block_counts)(maker, b) for b in blocks], scheduler=scheduler)
+        with _spinner(f"pass 1/2: regions from annotations ({_describe(scheduler)})"):
+            counts = dask.compute(*[dask.delayed(_stage_block_rows)(maker, b, staging, i)
+                                    for i, b in enumerate(blocks)], scheduler=scheduler)
         counts = np.concatenate(counts)
         ptr, total = block_row_starts(counts, opts.block_size, opts.chunk_rows)
         group = create_store(opts.out, attrs, ptr, total, record_meta, codec, opts.block_size, opts.chunk_rows)
         tasks = []
-        for b, block in enumerate(blocks):
+        for b in range(len(blocks)):
             start, end, _ = block_rows(ptr, b, opts.block_size)
-            tasks.append(dask.delayed(_write_block_masks)(maker, block, str(opts.out), start, end))
+            tasks.append(dask.delayed(_write_block_masks)(staging, b, str(opts.out), start, end))
         with _spinner("pass 1/2: writing region masks"):
             dask.compute(*tasks, scheduler=scheduler)
+    fs.rm(staging_path, recursive=True)
     group.attrs["status"] = STATUS_MASKS
     return group
 
@@ -436,7 +459,7 @@ def _prepare_store(opts, hashes, scan, records, geometry, maker) -> None:
                    "class_logits": "all rows" if opts.vlr_class_logits else "main rows"},
         "layout": {"block_size": opts.block_size, "chunk_rows": opts.chunk_rows,
                    "num_images": len(scan.images), "num_views": len(opts.views)},
-        "codecs": "blosc zstd clevel 5, byte shuffle",
+        "codecs": "blosc zstd clevel 9: masks byte-shuffled by row, float logits bit-shuffled, q8 unshuffled",
     }
     geos = [view_geometry(e.width, e.height, v) for e, v in records]
     record_meta = {

@@ -74,6 +74,27 @@ def test_store_holds_the_teacher_logits_at_region_rows(reference_store, shapes_r
                 np.testing.assert_allclose(level.cls.astype(np.float32), exact_cls, rtol=1e-3, atol=1e-3)
 
 
+def test_pass_one_computes_each_records_regions_once_and_removes_its_staging(reference_store, shapes_root,
+                                                                             random_teacher, tmp_path, monkeypatch):
+    from ldcache.targets import RegionRowMaker
+    from ldcache.views import View
+    from pipelines.dump import DumpOptions, run_dump
+
+    calls = []
+    original = RegionRowMaker.rows
+    monkeypatch.setattr(RegionRowMaker, "rows", lambda self, *a: calls.append(1) or original(self, *a))
+    out = tmp_path / "once.zarr"
+    run_dump(DumpOptions(TEACHER_CONFIG, random_teacher, shapes_root / "annotations/instances_train.json",
+                         shapes_root / "images/train", out, [View((320, 320), False), View((320, 320), True)],
+                         workers=0, block_size=4))
+    assert len(calls) == 96, "one region computation per record (48 images x 2 views)"
+    assert not Path(f"{out}.pass1").exists(), "pass 1's staged rows are removed once written"
+    reference = _arrays(reference_store)
+    mine = _arrays(out)
+    for name in ("ptr", "masks", "img_shape", "image_ids"):
+        assert np.array_equal(mine[name], reference[name]), name
+
+
 def test_dense_mode_stores_every_location(shapes_root, random_teacher, tmp_path):
     out = tmp_path / "dense"
     result = _run_cli(_dump_args(shapes_root, random_teacher, out, "--region", "dense", "--no-flip"))

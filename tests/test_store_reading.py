@@ -38,6 +38,51 @@ def test_q8_keeps_the_edge_kl_under_the_bound_and_class_logits_as_fp16():
     np.testing.assert_array_equal(decoded[:, 68:], values[:, 68:].astype(np.float16).astype(np.float32))
 
 
+def test_q8_step_floor_bounds_the_kl_and_leaves_few_codes_on_narrow_edges():
+    from ldcache.value_codec import Q8_MIN_STEP
+
+    rng = np.random.default_rng(2)
+    narrow = rng.normal(0, 0.7, (500, 68 + 3)).astype(np.float32)  # a random-weight head's ranges
+    codec = ValueCodec("q8", 17, 3)
+    stored = codec.encode(narrow)
+    steps = np.abs(stored[:, :8].view(np.float16))  # the sign bit marks delta rows
+    assert np.all(steps == np.float16(Q8_MIN_STEP)), "narrow edges use the floor step"
+    decoded = codec.decode(stored)
+    codes = -decoded[:, :68] / Q8_MIN_STEP
+    assert codes.max() <= np.ceil(np.ptp(narrow[:, :68].reshape(-1, 17), axis=1).max() / Q8_MIN_STEP)
+    kl = _edge_kl(narrow[:, :68], decoded[:, :68], 10.0)
+    assert 0 < kl <= Q8_MIN_STEP ** 2 / (24 * 10.0 ** 2)  # the bound of the module docstring
+
+
+def test_q8_stores_smooth_edges_as_deltas_and_noise_as_codes_and_decodes_both_exactly():
+    rng = np.random.default_rng(3)
+    bins = np.arange(17)
+    smooth = -0.3 * (bins - rng.uniform(0, 16, (100, 4, 1))) ** 2  # trained-teacher-like, ranges to 77
+    noise = rng.normal(0, 0.7, (100, 4, 17))  # random-weight-head-like
+    edges = np.concatenate([smooth, noise]).reshape(200, 68)
+    values = np.concatenate([edges, rng.normal(-6, 2, (200, 3))], axis=1).astype(np.float32)
+    codec = ValueCodec("q8", 17, 3)
+    stored = codec.encode(values)
+    step_bits = stored[:, :8].view(np.uint16)
+    as_delta = (step_bits[:, 0] & 0x8000) > 0
+    assert as_delta[:100].all() and not as_delta[100:].any()
+    # The decoded values are the plain codes times the step, whether the row holds deltas or not.
+    step = (step_bits & 0x7FFF).view(np.float16).astype(np.float32)[:, :, None]
+    below_top = edges.reshape(200, 4, 17).max(axis=2, keepdims=True) - edges.reshape(200, 4, 17)
+    plain_codes = np.clip(np.rint(below_top.astype(np.float32) / step), 0, 255)
+    np.testing.assert_array_equal(codec.decode(stored)[:, :68], (-plain_codes * step).reshape(200, 68))
+
+
+def test_q8_decodes_only_the_class_logits_that_were_stored():
+    values = _teacher_like_logits(50, 80)
+    values[1::2, 68:] = 0  # rows outside Main hold zeros in a `main rows` store
+    codec = ValueCodec("q8", 17, 80)
+    stored = codec.encode(values)
+    main = np.zeros(50, dtype=bool)
+    main[::2] = True
+    np.testing.assert_array_equal(codec.decode(stored, main), codec.decode(stored))
+
+
 def test_q8_flat_edges_and_fp16_identity():
     values = np.zeros((3, 68 + 2), dtype=np.float32)
     values[1, :17] = 5.0  # flat edge: every bin equal
