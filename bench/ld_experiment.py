@@ -120,7 +120,8 @@ def write_results(records: list[dict], setup: dict, out: Path) -> None:
               "`normalize='per_location'`) with these changes:", ""]
     lines += [f"- `{row}`: {', '.join(f'`{k}={v}`' for k, v in options.items()) or 'as it is'}"
               f"{', the live teacher (`--teacher`)' if row.startswith('online') else ''}"
-              for row, (config, options) in ROWS.items() if row != "baseline"]
+              for row, (config, options) in ROWS.items()
+              if row != "baseline" and any(r["row"] == row for r in records)]
     # The analysis below the table is written by hand: keep it when the table is regenerated.
     previous = out.read_text() if out.is_file() else ""
     kept = previous[previous.index(ANALYSIS_HEADING):] if ANALYSIS_HEADING in previous else ""
