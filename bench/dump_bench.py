@@ -196,7 +196,7 @@ def main() -> None:
         config, checkpoint = args.teacher, args.checkpoint
         classes = tuple(load_config(config).train_dataloader.dataset.metainfo.classes)
     else:
-        config, checkpoint, classes = None, work / "teacher.pth", COCO_CLASSES
+        checkpoint, classes = work / "teacher.pth", COCO_CLASSES
         config = random_teacher_checkpoint(args.teacher, checkpoint, classes)
     ann, img_dir = make_coco_geometry_set(work / "data", args.images, classes)
     scale = tuple(int(v) for v in args.scale.split("x"))
