@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-fast
 
 setup:
 	@bash scripts/setup.sh
@@ -15,3 +15,7 @@ demo: setup
 # pytest exits 5 when a selection collects no test: that is not a failure of the suite.
 test: setup
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+
+# The suite without the tests marked slow (training, torchrun, dask clusters, S3, kills): for development.
+test-fast: setup
+	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi

@@ -100,8 +100,8 @@ def random_teacher_checkpoint(config: Path, out: Path, classes: tuple[str, ...])
 
 def forward_only_seconds(model, items, batch_size: int) -> float:
     """The teacher's forward passes over the same image-views, loading included, nothing written."""
-    from pipelines.dump import ViewDataset, _collate
-    from ldcache.teacher import teacher_outputs
+    from ldcache.dump.teacher_pass import ViewDataset, _collate
+    from ldcache.dump.teacher import teacher_outputs
 
     loader = torch.utils.data.DataLoader(ViewDataset(items), batch_size=batch_size, num_workers=2,
                                          collate_fn=_collate)
@@ -113,8 +113,8 @@ def forward_only_seconds(model, items, batch_size: int) -> float:
 
 def kl_fidelity(model, reader, items, temperature: float = 10.0) -> float:
     """Mean |KL(p_stored || p_exact) | per edge, nats, with p = softmax(logits / T) over the bins."""
-    from pipelines.dump import ViewDataset, _collate
-    from ldcache.teacher import teacher_outputs
+    from ldcache.dump.teacher_pass import ViewDataset, _collate
+    from ldcache.dump.teacher import teacher_outputs
 
     errors = []
     for record, entry, view in items:
@@ -145,7 +145,7 @@ def read_seconds_per_record(path: Path, repeats: int = 5) -> float:
     """CPU seconds (this process, all its threads) to read and decode one complete record.
 
     CPU time, not wall time: the target is per core, and this machine is shared."""
-    from ldcache.store import StoreReader
+    from ldcache.store.reader import StoreReader
 
     reader = StoreReader(path)
     reader.read_record(0)  # warm the caches of the first open
@@ -159,10 +159,11 @@ def read_seconds_per_record(path: Path, repeats: int = 5) -> float:
 def extra_class_bytes(path: Path, num_classes: int) -> float:
     """Per image-view, the bytes that the class logits of a `num_classes` head would add at most to
     this store: the missing classes of every row that stores class logits, raw fp16 (or fp32)."""
-    from ldcache.store import FLAG_MAIN, MASK_DTYPE, StoreReader
+    from ldcache.store.format import FLAG_MAIN, MASK_DTYPE
+    from ldcache.store.reader import StoreReader
 
     reader = StoreReader(path)
-    if reader.attrs["values"]["class_logits"] == "all rows":
+    if reader.attrs.values.vlr_class_logits:
         rows = int((reader.ptr[:, -1] - reader.ptr[:, 0]).sum())
     else:
         flags = np.ascontiguousarray(reader.group["masks"][:]).view(MASK_DTYPE)["flags"].reshape(-1)
@@ -184,10 +185,11 @@ def main() -> None:
     args = parser.parse_args()
     variants = {name: VARIANTS[name] for name in VARIANTS if name == "default" or name in args.variants}
 
-    from ldcache.teacher import build_teacher, load_config
-    from ldcache.store import StoreReader
-    from ldcache.views import parse_views
-    from pipelines.dump import DumpOptions, run_dump, scan_dataset
+    from ldcache.dump.teacher import build_teacher, load_config
+    from ldcache.store.reader import StoreReader
+    from ldcache.dump.views import parse_views
+    from ldcache.dump.run import DumpOptions, run_dump
+    from ldcache.dump.scan import scan_dataset
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ldcache-bench-"))
@@ -208,7 +210,7 @@ def main() -> None:
         opts = DumpOptions(config, checkpoint, ann, img_dir, out, views, workers=2, block_size=8, **fields)
         start = time.perf_counter()
         summary = run_dump(opts)
-        results[name] = {"wall": time.perf_counter() - start, **summary}
+        results[name] = {"wall": time.perf_counter() - start, **summary.to_dict()}
 
     model = build_teacher(load_config(config), checkpoint, "cpu")
     scan = scan_dataset(ann, img_dir, classes)

@@ -67,8 +67,8 @@ def val_curve(work_dir: Path) -> list[tuple[int, float]]:
 
 
 def run_student(row: str, seed: int, epochs: int, store: Path, teacher: tuple[Path, Path], work: Path) -> dict:
-    from pipelines.train import build_student_runner
-    from ldcache.runner import runner_from_config
+    from ldcache.train.student import build_student_runner
+    from ldcache.train.runner import runner_from_config
 
     config, options = ROWS[row]
     options = {**options, **scaled_schedule(epochs), "randomness.seed": seed, "default_hooks.logger.interval": 50}
@@ -141,10 +141,10 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=REPO / "docs/results.md")
     args = parser.parse_args()
 
-    from ldcache.shapes_dataset import ShapesSpec, ensure_shapes_dataset
-    from ldcache.views import parse_views
-    from pipelines.demo import run_once, train_and_test
-    from pipelines.dump import DumpOptions, run_dump
+    from ldcache.demo.shapes import ShapesSpec, ensure_shapes_dataset
+    from ldcache.dump.views import parse_views
+    from ldcache.demo.run import run_once, train_and_test
+    from ldcache.dump.run import DumpOptions, run_dump
 
     root = ensure_shapes_dataset(ShapesSpec(num_train=args.train, num_val=args.val, seed=100))
     os.environ["LDCACHE_DATA_ROOT"] = str(root) + "/"

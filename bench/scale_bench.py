@@ -41,7 +41,7 @@ COCO_TRAIN_IMAGES = 117_266  # train2017 images with at least one box (of 118,28
 
 def stand_in_outputs(model, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Random per-level (cls_score, bbox_pred) of the teacher head's shapes for this batch."""
-    from ldcache.views import featmap_sizes
+    from ldcache.store.layout import featmap_sizes
 
     inputs = model.data_preprocessor(batch, False)["inputs"]
     head = model.bbox_head
@@ -53,16 +53,16 @@ def stand_in_outputs(model, batch: dict) -> tuple[list[torch.Tensor], list[torch
 
 
 def timed_dump(opts) -> tuple[dict, float]:
-    from pipelines.dump import run_dump
+    from ldcache.dump.run import run_dump
 
     start = time.perf_counter()
     summary = run_dump(opts)
-    return summary, time.perf_counter() - start
+    return summary.to_dict(), time.perf_counter() - start
 
 
 def read_rate(store: str, records: int | None = None) -> tuple[float, float]:
     """(records/s, MB/s of decoded values) reading complete records in a shuffled order on one core."""
-    from ldcache.store import StoreReader
+    from ldcache.store.reader import StoreReader
 
     reader = StoreReader(store)
     order = np.random.default_rng(0).permutation(reader.num_records)[:records]
@@ -121,10 +121,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
 
-    import pipelines.dump as dump
-    from ldcache.views import parse_views
+    import ldcache.dump.run as dump
+    import ldcache.dump.teacher_pass as teacher_pass
+    from ldcache.dump.views import parse_views
 
-    dump.teacher_outputs = stand_in_outputs  # the stand-in: no teacher network runs
+    teacher_pass.teacher_outputs = stand_in_outputs  # the stand-in: no teacher network runs
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ldcache-scale-"))
     ann, img_dir = make_coco_geometry_set(work / "data", args.images)
     config = random_teacher_checkpoint(REPO / "configs/tiny/gfl_r18_tiny.py", work / "teacher.pth", COCO_CLASSES)

@@ -34,7 +34,7 @@ R18_FULL_WIDTH = dict(
 def student_config(mode: str, store: Path, teacher: tuple[Path, Path]):
     from mmengine.config import Config
 
-    from pipelines.train import use_cache, use_online_teacher
+    from ldcache.train.student import use_cache, use_online_teacher
 
     cfg = Config.fromfile(str(REPO / "configs/tiny/ld_r18_tiny_cached.py"))
     cfg.merge_from_dict({"model": R18_FULL_WIDTH, "train_dataloader.batch_size": 2,
@@ -63,7 +63,7 @@ def measure(mode: str, store: Path, teacher: tuple[Path, Path], steps: int, warm
     from mmengine.optim import build_optim_wrapper
     from mmengine.runner import Runner
 
-    import ldcache.mmdet_components  # noqa: F401
+    import ldcache.train  # noqa: F401
 
     register_all_modules()
     torch.manual_seed(0)
@@ -89,9 +89,9 @@ def prepare(work: Path) -> tuple[Path, tuple[Path, Path]]:
     """Shapes dataset, a random R101 teacher for 3 classes, and its store."""
     from dump_bench import random_teacher_checkpoint
 
-    from ldcache.shapes_dataset import CLASSES, ShapesSpec, ensure_shapes_dataset
-    from ldcache.views import parse_views
-    from pipelines.dump import DumpOptions, run_dump
+    from ldcache.demo.shapes import CLASSES, ShapesSpec, ensure_shapes_dataset
+    from ldcache.dump.views import parse_views
+    from ldcache.dump.run import DumpOptions, run_dump
 
     root = ensure_shapes_dataset(ShapesSpec())
     ckpt = work / "teacher_r101.pth"

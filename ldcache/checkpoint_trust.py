@@ -24,13 +24,10 @@ from pathlib import Path
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from .errors import BadInputError, UntrustedCheckpointError
 from .paths import ldcache_home
 
 SIGNATURE_SUFFIX = ".ldsig"
-
-
-class UntrustedCheckpointError(RuntimeError):
-    """A checkpoint that is not signed by this user needs more than weights-only loading."""
 
 
 def _key_path() -> Path:
@@ -77,14 +74,15 @@ def load_checkpoint_file(filename: str | os.PathLike, map_location=None):
     """Load a local checkpoint: fully if this user's runner signed it, weights-only otherwise."""
     path = Path(os.path.expanduser(str(filename)))
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise BadInputError(f"checkpoint {path} does not exist")
     if is_trusted_checkpoint(path):
         return torch.load(path, map_location=map_location, weights_only=False)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise UntrustedCheckpointError(
-            f"{path} holds Python objects beyond tensors and was not written by ldcache's runner "
+            f"checkpoint {path} was refused as untrusted: it holds Python objects beyond tensors and was not "
+            "written by ldcache's runner "
             f"for this user (no valid {SIGNATURE_SUFFIX} signature), so it was not unpickled. "
             "If you trust it, re-save its weights with torch.save({'state_dict': sd}, new_path) "
             f"from a trusted session. Detail: {str(err).splitlines()[0]}") from None

@@ -1,5 +1,44 @@
-"""Errors that describe a user mistake: the CLI prints their message, without a traceback."""
+"""The errors ldcache raises for things a user can fix. The CLI prints their message, without a
+traceback, and exits with status 2.
+
+LDCacheError
+├── BadInputError            an argument, option, config, annotation file or checkpoint is wrong
+│   └── UntrustedCheckpointError   a pickle that needs more than weights-only loading was refused
+└── StoreError               something about a store
+    ├── StoreNotFoundError       nothing is stored at that path or URL
+    ├── StoreFormatError         not an ldcache store, another format version, a bad attribute or layout
+    ├── StoreIncompleteError     its dump has not finished
+    └── StoreMismatchError       made for another dataset, teacher, head, pipeline or command
+"""
 
 
 class LDCacheError(Exception):
     """Something the user can fix (a path, an option, a mismatched store); the message says how."""
+
+
+class BadInputError(LDCacheError):
+    """An input given to ldcache is wrong: a path, an option, a config, an annotation file."""
+
+
+class UntrustedCheckpointError(BadInputError):
+    """A checkpoint that is not signed by this user needs more than weights-only loading."""
+
+
+class StoreError(LDCacheError):
+    """A store cannot be used as asked."""
+
+
+class StoreNotFoundError(StoreError):
+    """Nothing is stored at the given path or URL."""
+
+
+class StoreFormatError(StoreError):
+    """Not an ldcache store of this format version, or its attributes or layout are not as documented."""
+
+
+class StoreIncompleteError(StoreError):
+    """The store's dump stopped before the end; `--resume` finishes it."""
+
+
+class StoreMismatchError(StoreError):
+    """The store was made for another dataset, teacher, head geometry, pipeline or dump command."""

@@ -41,12 +41,24 @@ ensure_venv() {
 pip() { "$venv/bin/python" -m pip --disable-pip-version-check "$@"; }
 vpy() { "$venv/bin/python" "$@"; }
 
+# Runs a command with its output kept in a log file (.venv/<name>.log), shown only if it fails.
+quietly() {
+    local name=$1 log
+    shift
+    log="$venv/$name.log"
+    if ! "$@" > "$log" 2>&1; then
+        tail -n 60 "$log" >&2
+        echo "setup: '$name' failed; the last lines of its log are above (whole log: $log)" >&2
+        exit 1
+    fi
+}
+
 ensure_build_tools() {
     if vpy -c 'import setuptools, wheel, sys; sys.exit(int(setuptools.__version__.split(".")[0]) >= 82)' 2>/dev/null; then
         return
     fi
     say "installing setuptools<82 and wheel (mmcv's setup.py and mmengine need pkg_resources)"
-    pip install -q --upgrade pip "setuptools<82" wheel
+    quietly pip-build-tools pip install --upgrade pip "setuptools<82" wheel
 }
 
 ensure_torch() {
@@ -59,7 +71,7 @@ PY
     say "installing torch==$torch_version and torchvision==$torchvision_version from the registry (about 3 GB, a few minutes)"
     # The registry's torchvision is built against the registry's torch: take both from there,
     # never the machine's local CPU-only torch wheel, which cannot load it.
-    pip install -q --no-cache-dir "torch==$torch_version" "torchvision==$torchvision_version"
+    quietly pip-torch pip install --no-cache-dir "torch==$torch_version" "torchvision==$torchvision_version"
 }
 
 mmcv_has_ops() {
@@ -76,17 +88,19 @@ build_mmcv_wheel() {
     work=$(mktemp -d)
     say "building mmcv $mmcv_version with its CPU ops from source: 7 to 20 minutes on 2 cores (only once: the wheel is cached in $dest)"
     # mmcv's setup.py imports torch even to report its metadata: no build isolation here either.
-    pip download -q --no-deps --no-binary :all: --no-build-isolation --no-cache-dir -d "$work" "mmcv==$mmcv_version"
+    quietly mmcv-download pip download --no-deps --no-binary :all: --no-build-isolation --no-cache-dir -d "$work" "mmcv==$mmcv_version"
     local src="$work/mmcv-$mmcv_version"
     tar -xzf "$src.tar.gz" -C "$work" && [ -f "$src/setup.py" ] \
         || { echo "setup: could not unpack the mmcv $mmcv_version source package" >&2; exit 1; }
     # torch >= 2.14 headers refuse C++17.
     sed -i 's/-std=c++17/-std=c++20/g' "$src/setup.py"
     # mmcv's setup.py imports these at build time; without build isolation they must be present.
-    pip install -q ninja packaging addict yapf
+    quietly pip-mmcv-build-deps pip install ninja packaging addict yapf
     # No build isolation: an isolated build cannot see torch and silently makes a wheel without ops.
+    # Thousands of compiler and setuptools lines: they go to the log, shown if the build fails.
+    say "compiling (log: $venv/mmcv-build.log; started $(date +%H:%M), expect it near $(date -d '+15 min' +%H:%M))"
     (cd "$src" && MMCV_WITH_OPS=1 FORCE_CUDA=0 CFLAGS=-g0 CXXFLAGS=-g0 MAX_JOBS=${MAX_JOBS:-2} \
-        "$venv/bin/python" -m pip wheel -q --no-build-isolation --no-deps --no-cache-dir -w "$dest" .)
+        quietly mmcv-build "$venv/bin/python" -m pip wheel --no-build-isolation --no-deps --no-cache-dir -w "$dest" .)
     rm -rf "$work"
 }
 
@@ -97,12 +111,12 @@ ensure_mmcv() {
     dest="$wheel_cache/$key"
     mkdir -p "$dest"
     wheel=$(ls "$dest"/mmcv-"$mmcv_version"-*.whl 2>/dev/null | head -n1 || true)
-    # The shared prebuilt wheel was compiled against torch 2.15.0 on Python 3.11 and fits nothing else.
-    if [ -z "$wheel" ] && [[ "$key" == torch-2.15.0*-cp311 ]]; then
+    # A prebuilt wheel is used only under the exact key it was compiled for.
+    if [ -z "$wheel" ]; then
         local prebuilt
-        prebuilt=$(ls "$shared_wheels"/mmcv-"$mmcv_version"-cp311-*.whl 2>/dev/null | head -n1 || true)
+        prebuilt=$(ls "$shared_wheels/$key"/mmcv-"$mmcv_version"-*.whl 2>/dev/null | head -n1 || true)
         if [ -n "$prebuilt" ]; then
-            say "using the prebuilt mmcv wheel for torch 2.15.0 from $shared_wheels"
+            say "using the prebuilt mmcv wheel from $shared_wheels/$key"
             cp "$prebuilt" "$dest/"
             wheel="$dest/$(basename "$prebuilt")"
         fi
@@ -114,21 +128,20 @@ ensure_mmcv() {
         say "installing cached mmcv wheel $(basename "$wheel") ($key)"
     fi
     # --no-cache-dir: pip would otherwise reuse a wheel it built against another torch.
-    pip install -q --no-cache-dir --no-deps --force-reinstall "$wheel"
-    pip install -q "mmengine==0.10.7" addict yapf opencv-python pyyaml packaging
+    quietly pip-mmcv pip install --no-cache-dir --no-deps --force-reinstall "$wheel"
+    quietly pip-mmengine pip install "mmengine==0.10.7" addict yapf opencv-python pyyaml packaging
     mmcv_has_ops || { echo "setup: mmcv $mmcv_version was installed but its compiled ops do not load" >&2; exit 1; }
 }
 
 ensure_project() {
     local stamp="$venv/.ldcache-setup-stamp" want
     want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
-    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && vpy -c 'import ldcache, cli, mmdet, zarr, kwcoco' 2>/dev/null; then
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && vpy -c 'import ldcache.cli, mmdet, zarr, kwcoco' 2>/dev/null; then
         return
     fi
     say "installing ldcache (editable) with mmdet, mmengine, zarr, dask, kwcoco and the test tools"
     # The build backend is chatty about editable installs: keep its output for when it fails.
-    pip install -q -e ".[test]" > "$venv/setup-pip.log" 2>&1 \
-        || { cat "$venv/setup-pip.log" >&2; echo "setup: installing ldcache failed (log above)" >&2; exit 1; }
+    quietly pip-ldcache pip install -e ".[test]"
     echo "$want" > "$stamp"
 }
 

@@ -26,7 +26,7 @@ def cached_cfg(store, flip: float = 0.0, **head):
     """The tiny cached-LD student config reading `store`, with RandomFlip at probability `flip`."""
     from mmengine.config import Config
 
-    from pipelines.train import use_cache
+    from ldcache.train.student import use_cache
 
     cfg = Config.fromfile(str(CACHED_CONFIG))
     use_cache(cfg, str(store))
@@ -42,7 +42,7 @@ def loaded_targets(store, workers: int, images: int = 8) -> dict:
     from mmdet.utils import register_all_modules
     from mmengine.runner import Runner
 
-    import ldcache.mmdet_components  # noqa: F401
+    import ldcache.train  # noqa: F401
 
     register_all_modules()
     cfg = cached_cfg(store, flip=1.0)
@@ -58,10 +58,26 @@ def run_dump_cli(args, launcher=(), **kw) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, **kw)
 
 
+def synthetic_attrs(num_classes: int, records: int, chunk_rows: int, dtype: str = "fp16"):
+    """Store attributes of a one-view synthetic store at 320 px (no teacher, no dataset behind it)."""
+    from ldcache.store.attrs import (DatasetAttrs, HeadGeometry, LayoutAttrs, RegionAttrs, StoreAttrs, TeacherAttrs,
+                                     ValuesAttrs, ViewAttrs)
+    from ldcache.store.format import FORMAT_VERSION, STATUS_CREATED
+
+    return StoreAttrs(
+        ldcache_format=FORMAT_VERSION, status=STATUS_CREATED, fingerprint="synthetic",
+        teacher=TeacherAttrs("none", "0", "none", "0"),
+        head=HeadGeometry(num_classes, 16, (8, 16, 32, 64, 128), 8.0, 1, (1.0,), 0.0, 1),
+        dataset=DatasetAttrs("none", "0", "none", tuple(f"class{i}" for i in range(num_classes))),
+        views=(ViewAttrs("synthetic", (320, 320), False),),
+        region=RegionAttrs("distill", 0.25, 9, ("official", "diou")), values=ValuesAttrs(dtype, True),
+        layout=LayoutAttrs(64, chunk_rows, records, 1))
+
+
 @pytest.fixture(scope="session")
 def shapes_root() -> Path:
     """The small kwcoco shapes dataset, built once and cached in $LDCACHE_HOME between runs."""
-    from ldcache.shapes_dataset import ShapesSpec, ensure_shapes_dataset
+    from ldcache.demo.shapes import ShapesSpec, ensure_shapes_dataset
 
     root = ensure_shapes_dataset(ShapesSpec())
     os.environ["LDCACHE_DATA_ROOT"] = str(root) + "/"

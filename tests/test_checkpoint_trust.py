@@ -4,7 +4,8 @@ import pickle
 import pytest
 import torch
 
-from ldcache.checkpoint_trust import (UntrustedCheckpointError, is_trusted_checkpoint,
+from ldcache.errors import UntrustedCheckpointError
+from ldcache.checkpoint_trust import (is_trusted_checkpoint,
                                       load_checkpoint_file, sign_checkpoint)
 
 

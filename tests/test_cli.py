@@ -1,6 +1,6 @@
 from typer.testing import CliRunner
 
-from cli import app
+from ldcache.cli import app
 
 runner = CliRunner()
 

@@ -1,6 +1,7 @@
 """dump-teacher: store contents, resume after SIGKILL, torchrun, and bad inputs."""
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,8 @@ import torch
 
 from conftest import CONFIGS, dump_args as _dump_args, run_dump_cli as _run_cli
 from ldcache.errors import LDCacheError
-from ldcache.store import FLAG_MAIN, STATUS_COMPLETE, StoreReader, open_group_checked
+from ldcache.store.format import FLAG_MAIN, STATUS_COMPLETE
+from ldcache.store.reader import StoreReader, open_store
 
 TEACHER_CONFIG = CONFIGS / "tiny" / "gfl_r18_tiny.py"
 LDCACHE = str(Path(sys.executable).parent / "ldcache")
@@ -22,7 +24,7 @@ TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 
 
 def _arrays(path):
-    group = open_group_checked(path)
+    group, _ = open_store(path)
     return {name: group[name][:] for name in ("ptr", "masks", "logits", "done", "img_shape", "image_ids")}
 
 
@@ -43,15 +45,16 @@ def reference_store(shapes_store):
 
 
 def test_store_holds_the_teacher_logits_at_region_rows(reference_store, shapes_root, random_teacher):
-    from ldcache.teacher import build_teacher, load_config, teacher_outputs
-    from pipelines.dump import ViewDataset, _collate, scan_dataset
-    from ldcache.views import View
+    from ldcache.dump.teacher import build_teacher, load_config, teacher_outputs
+    from ldcache.dump.scan import scan_dataset
+    from ldcache.dump.teacher_pass import ViewDataset, _collate
+    from ldcache.dump.views import View
 
     reader = StoreReader(reference_store)
-    assert reader.attrs["status"] == STATUS_COMPLETE and reader.num_views == 2
+    assert reader.attrs.status == STATUS_COMPLETE and reader.num_views == 2
     assert reader.num_records == 2 * 48
-    summary = reader.attrs["summary"]
-    assert summary["image_views"] == 96 and summary["compression_vs_dense_fp16"] > 1
+    summary = reader.attrs.summary
+    assert summary.image_views == 96 and summary.compression_vs_dense_fp16 > 1
 
     model = build_teacher(load_config(TEACHER_CONFIG), random_teacher, "cpu")
     scan = scan_dataset(shapes_root / "annotations/instances_train.json", shapes_root / "images/train",
@@ -76,9 +79,9 @@ def test_store_holds_the_teacher_logits_at_region_rows(reference_store, shapes_r
 
 def test_pass_one_computes_each_records_regions_once_and_removes_its_staging(reference_store, shapes_root,
                                                                              random_teacher, tmp_path, monkeypatch):
-    from ldcache.targets import RegionRowMaker
-    from ldcache.views import View
-    from pipelines.dump import DumpOptions, run_dump
+    from ldcache.dump.region_rows import RegionRowMaker
+    from ldcache.dump.views import View
+    from ldcache.dump.run import DumpOptions, run_dump
 
     calls = []
     original = RegionRowMaker.rows
@@ -107,21 +110,15 @@ def test_dense_mode_stores_every_location(shapes_root, random_teacher, tmp_path)
         assert np.array_equal(level.loc, np.arange(expected))
 
 
-def test_sigkilled_dump_is_refused_then_resumes_to_identical_arrays(reference_store, shapes_root,
-                                                                   random_teacher, tmp_path):
-    out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([LDCACHE, "dump-teacher", *_dump_args(shapes_root, random_teacher, out)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not _blocks_done(out):
-        time.sleep(0.02)
-    time.sleep(0.3)  # inside a later block
-    assert proc.poll() is None, "the dump ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 0 < _blocks_done(out) < 24, "killed in the middle of pass 2"
-    with pytest.raises(LDCacheError, match="unfinished"):
+def _killed_dump(shapes_root, random_teacher, out, kill_at: str) -> subprocess.CompletedProcess:
+    """A dump that SIGKILLs itself at a chosen point (LDCACHE_KILL_AT), as a dying node would."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LDCACHE_KILL_AT": kill_at}
+    return subprocess.run([LDCACHE, "dump-teacher", *_dump_args(shapes_root, random_teacher, out)], env=env,
+                          capture_output=True, text=True)
+
+
+def _refused_then_resumed(shapes_root, random_teacher, out, reference_store) -> None:
+    with pytest.raises(LDCacheError, match="unfinished|does not exist"):
         StoreReader(out)
     refused = _run_cli(_dump_args(shapes_root, random_teacher, out))
     assert refused.returncode == 2 and "--resume" in refused.stderr and "Traceback" not in refused.stderr
@@ -130,6 +127,49 @@ def test_sigkilled_dump_is_refused_then_resumes_to_identical_arrays(reference_st
     _assert_same_arrays(_arrays(out), _arrays(reference_store))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at,blocks_done", [("pass2:1", 1), ("pass2:5", 5)])
+def test_a_dump_killed_after_block_k_of_pass_2_resumes_to_identical_arrays(reference_store, shapes_root,
+                                                                           random_teacher, tmp_path, kill_at,
+                                                                           blocks_done):
+    out = tmp_path / "killed"
+    killed = _killed_dump(shapes_root, random_teacher, out, kill_at)
+    assert killed.returncode == -signal.SIGKILL
+    assert _blocks_done(out) == blocks_done, "killed right after the chosen block"
+    _refused_then_resumed(shapes_root, random_teacher, out, reference_store)
+
+
+@pytest.mark.slow
+def test_a_dump_killed_in_pass_1_resumes_to_identical_arrays(reference_store, shapes_root, random_teacher,
+                                                             tmp_path):
+    out = tmp_path / "killed"
+    killed = _killed_dump(shapes_root, random_teacher, out, "pass1:3")
+    assert killed.returncode == -signal.SIGKILL
+    assert not (out / "zarr.json").exists() and Path(f"{out}.pass1").is_dir(), "killed before the layout"
+    resumed = _run_cli(_dump_args(shapes_root, random_teacher, out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_arrays(_arrays(out), _arrays(reference_store))
+
+
+@pytest.mark.slow
+def test_a_dump_sigkilled_at_a_random_moment_resumes_to_identical_arrays(reference_store, shapes_root,
+                                                                         random_teacher, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([LDCACHE, "dump-teacher", *_dump_args(shapes_root, random_teacher, out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not _blocks_done(out):
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 1.0))
+    assert proc.poll() is None, "the dump ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 0 < _blocks_done(out) < 24
+    _refused_then_resumed(shapes_root, random_teacher, out, reference_store)
+
+
+@pytest.mark.slow
 def test_two_torchrun_processes_write_the_same_store(reference_store, shapes_root, random_teacher, tmp_path):
     out = tmp_path / "two"
     launcher = (TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python")
@@ -138,11 +178,58 @@ def test_two_torchrun_processes_write_the_same_store(reference_store, shapes_roo
     _assert_same_arrays(_arrays(out), _arrays(reference_store))
 
 
-def test_resume_with_other_options_is_refused(reference_store, shapes_root, random_teacher, tmp_path):
+@pytest.mark.parametrize("change", ["dtype", "batch size", "image folder"])
+def test_resume_with_other_options_is_refused(reference_store, shapes_root, random_teacher, tmp_path, change):
     out = tmp_path / "copy"
     shutil.copytree(reference_store, out)
-    result = _run_cli(_dump_args(shapes_root, random_teacher, out, "--resume", "--dtype", "fp32"))
-    assert result.returncode == 2 and "very same command" in result.stderr
+    args = _dump_args(shapes_root, random_teacher, out, "--resume")
+    if change == "dtype":
+        args += ["--dtype", "fp32"]
+    elif change == "batch size":
+        args += ["--batch-size", "2"]  # GroupNorm sees a batch's padding: other values
+    else:
+        images = tmp_path / "images"
+        shutil.copytree(shapes_root / "images/train", images)
+        args[args.index("--img-dir") + 1] = str(images)
+    result = _run_cli(args)
+    assert result.returncode == 2 and "very same command" in result.stderr, result.stderr[-2000:]
+
+
+def test_an_untrusted_teacher_pickle_is_refused_as_untrusted(shapes_root, tmp_path):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    evil = tmp_path / "teacher.pth"
+    with open(evil, "wb") as f:
+        pickle.dump({"state_dict": {}, "meta": Payload()}, f)
+    result = _run_cli(_dump_args(shapes_root, evil, tmp_path / "s"))
+    assert result.returncode == 2 and "refused as untrusted" in result.stderr, result.stderr[-2000:]
+    assert "does not fit" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_the_scan_parses_the_annotation_file_once(shapes_root, monkeypatch):
+    import json as json_module
+
+    from ldcache.dump.scan import scan_dataset
+
+    parsed = []
+    for name in ("load", "loads"):
+        original = getattr(json_module, name)
+
+        def spy(*args, _original=original, **kwargs):
+            value = _original(*args, **kwargs)
+            if isinstance(value, dict) and "annotations" in value:
+                parsed.append(value)
+            return value
+
+        monkeypatch.setattr(json_module, name, spy)
+    scan = scan_dataset(shapes_root / "annotations/instances_train.json", shapes_root / "images/train",
+                        ("star", "eff", "superstar"))
+    assert len(scan.images) == 48 and len(parsed) == 1
 
 
 def _edited_dataset(root, tmp_path, edit):
@@ -190,9 +277,9 @@ def test_crowd_degenerate_and_empty_images_are_counted(shapes_root, random_teach
     args[args.index("--ann-file") + 1] = str(ann)
     result = _run_cli(args + ["--no-flip"])
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = StoreReader(tmp_path / "s").attrs["summary"]
-    assert summary["skipped_images_without_boxes"] == 1 and summary["images"] == 5
-    assert summary["ignored_crowd_boxes"] == 1 and summary["dropped_degenerate_boxes"] == 1
+    summary = StoreReader(tmp_path / "s").attrs.summary
+    assert summary.images_without_boxes == 1 and summary.images == 5
+    assert summary.ignored_crowd_boxes == 1 and summary.dropped_degenerate_boxes == 1
 
 
 def test_categories_that_are_not_the_teachers_classes_are_named_in_the_error(shapes_root, random_teacher,
@@ -214,18 +301,19 @@ def test_size_options_store_what_training_needs_and_readers_refuse_the_rest(refe
     from mmdet.registry import MODELS
     from mmengine.config import Config
 
-    import ldcache.mmdet_components  # noqa: F401
-    from ldcache.ld_cache_check_hook import check_store_fits
-    from ldcache.store import FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL
+    import ldcache.train  # noqa: F401
+    from ldcache.train.check_hook import check_store_fits
+    from ldcache.store.format import FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL
 
     out = tmp_path / "small"
     result = _run_cli(_dump_args(shapes_root, random_teacher, out, "--dtype", "q8", "--vlr-metric", "diou",
                                  "--no-vlr-class-logits"))
     assert result.returncode == 0, result.stderr[-3000:]
     small, full = StoreReader(out), StoreReader(reference_store)
-    assert small.attrs["region"]["vlr_metrics"] == ["diou"]
-    assert small.attrs["values"] == {**full.attrs["values"], "dtype": "q8", "class_logits": "main rows"}
-    assert small.attrs["summary"]["bytes_on_disk"] < 0.7 * full.attrs["summary"]["bytes_on_disk"]
+    assert small.attrs.region.vlr_metrics == ("diou",)
+    assert small.attrs.values.dtype == "q8" and not small.attrs.values.vlr_class_logits
+    assert full.attrs.values.dtype == "fp16" and full.attrs.values.vlr_class_logits
+    assert small.attrs.summary.bytes_on_disk < 0.7 * full.attrs.summary.bytes_on_disk
     edge_kl = []
     for record in range(8):
         for a, b in zip(small.read_record(record).levels(), full.read_record(record).levels()):

@@ -9,10 +9,11 @@ import pytest
 import zarr
 from PIL import Image
 
-from conftest import BIN
-from ldcache.store import FLAG_MAIN, FORMAT_VERSION, MASK_DTYPE, STATUS_COMPLETE, block_row_starts, create_store
-from ldcache.store_stats import edge_entropy, store_statistics
-from ldcache.value_codec import ValueCodec
+from conftest import BIN, synthetic_attrs
+from ldcache.store.format import FLAG_MAIN, FORMAT_VERSION, MASK_DTYPE, STATUS_COMPLETE
+from ldcache.store.layout import block_row_starts
+from ldcache.store.writer import create_store
+from ldcache.inspect.stats import edge_entropy, store_statistics
 
 
 def _inspect(*args):
@@ -111,27 +112,58 @@ def _synthetic_store(path, records, rows_per_level, num_classes=3, chunk_rows=20
     rng = np.random.default_rng(0)
     counts = np.tile(np.asarray(rows_per_level), (records, 1))
     ptr, total = block_row_starts(counts, 64, chunk_rows)
-    attrs = {"head": {"num_classes": num_classes, "reg_max": 16, "strides": [8, 16, 32, 64, 128]},
-             "views": [{"name": "synthetic", "scale": [320, 320], "flip": False}],
-             "region": {"mode": "distill", "gamma": 0.25, "vlr_metrics": ["official", "diou"]},
-             "dataset": {"classes": ["a", "b", "c"]}, "values": {"dtype": "fp16"}}
+    attrs = synthetic_attrs(num_classes, records, chunk_rows)
     meta = {"image_ids": np.arange(records, dtype=np.int64), "pad_shape": np.full((records, 2), 320, np.int32)}
-    group = create_store(path, attrs, ptr, total, meta, ValueCodec("fp16", 17, num_classes), 64, chunk_rows)
+    group = create_store(path, attrs, ptr, total, meta)
     masks = np.zeros(total, dtype=MASK_DTYPE)
     masks["flags"] = rng.integers(1, 8, total)
     group["masks"][:] = masks.view(np.uint8).reshape(total, MASK_DTYPE.itemsize)
     group["logits"][:] = rng.normal(0, 3, (total, 68 + num_classes)).astype(np.float16)
     group.attrs["status"] = STATUS_COMPLETE
-    return group, total
+    return group, attrs, total
 
 
 def test_stats_stream_within_bounded_memory(tmp_path):
-    group, total = _synthetic_store(tmp_path / "big", records=500, rows_per_level=[1200, 400, 100, 25, 6])
+    group, attrs, total = _synthetic_store(tmp_path / "big", records=500, rows_per_level=[1200, 400, 100, 25, 6])
     logits_bytes = total * 71 * 2
     assert logits_bytes > 100 * 2**20  # a few hundred image-views worth over 100 MiB of logits
     tracemalloc.start()
-    stats = store_statistics(group)
+    stats = store_statistics(group, attrs)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert stats["rows_per_level"] == [500 * n for n in (1200, 400, 100, 25, 6)]
     assert peak < logits_bytes / 4, f"peak {peak / 2**20:.0f} MiB for {logits_bytes / 2**20:.0f} MiB of logits"
+
+
+def test_a_location_near_the_right_edge_stays_in_its_row():
+    from types import SimpleNamespace
+
+    from ldcache.inspect.report import locate
+    from ldcache.store.targets import targets_from_rows
+
+    # A 320-px wide view: level 0 (stride 8) has 40 columns. Rows at the last column of grid row 3
+    # and at the first column of grid row 4.
+    grid = [(40, 40), (20, 20), (10, 10), (5, 5), (3, 3)]
+    rows = [np.zeros(2, MASK_DTYPE)] + [np.zeros(0, MASK_DTYPE)] * 4
+    rows[0]["loc"] = [3 * 40 + 39, 4 * 40]
+    targets = targets_from_rows(rows, np.zeros((2, 68 + 3), np.float32), grid, 3)
+    reader = SimpleNamespace(img_shape={0: (320, 320)}, strides=(8, 16, 32, 64, 128))
+    for x in (312.0, 316.0, 319.0):  # nearest anchor points 39, 39.5 -> 40 (past the grid), 39.9 -> 40
+        level, row = locate(reader, 0, targets, (x, 24.0), 0, grid=False)
+        assert (level, int(rows[0]["loc"][row])) == (0, 3 * 40 + 39), x
+
+
+def test_stats_without_json_prints_the_statistics_computed_once(shapes_store, monkeypatch):
+    from typer.testing import CliRunner
+
+    import ldcache.inspect.stats as stats
+    from ldcache.cli import app
+
+    calls = []
+    original = stats.store_statistics
+    monkeypatch.setattr(stats, "store_statistics", lambda *a: calls.append(1) or original(*a))
+    result = CliRunner().invoke(app, ["inspect", str(shapes_store), "--stats"])
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1
+    assert "edge entropy per row" in result.output and "median" in result.output
+    assert "bytes on disk" not in result.output, "--stats shows the statistics, not the summary"

@@ -13,12 +13,13 @@ SMALL = {
     "train_dataloader.dataset.indices": 16,
     "train_cfg.val_interval": 100,
     "default_hooks.logger.interval": 1,
+    "default_hooks.checkpoint.max_keep_ckpts": 1,
     "randomness.seed": 0,
 }
 
 
 def _runner(work_dir, max_epochs, resume):
-    from ldcache.runner import runner_from_config
+    from ldcache.train.runner import runner_from_config
 
     return runner_from_config(CONFIGS / "tiny" / "gfl_r18_tiny.py", work_dir,
                               {**SMALL, "train_cfg.max_epochs": max_epochs}, resume=resume)
@@ -28,13 +29,15 @@ def test_train_one_epoch_resume_and_train_on(tmp_path, shapes_root, private_home
     work = tmp_path / "work"
     first = _runner(work, max_epochs=1, resume=False)
     first.train()
-    epoch1 = torch.load(work / "epoch_1.pth", weights_only=False)
+    epoch1 = torch.load(work / "epoch_1.pth", weights_only=False)  # read now: the next run removes it
     assert (work / "epoch_1.pth.ldsig").is_file()
 
     second = _runner(work, max_epochs=2, resume=True)
     second.train()
     assert second.train_loop.epoch == 2 and second.train_loop.iter == 4
-    assert (work / "epoch_2.pth").is_file()
+    assert (work / "epoch_2.pth").is_file() and (work / "epoch_2.pth.ldsig").is_file()
+    # max_keep_ckpts=1 removed epoch_1.pth: its signature goes with it.
+    assert not (work / "epoch_1.pth").exists() and not (work / "epoch_1.pth.ldsig").exists()
     epoch2 = torch.load(work / "epoch_2.pth", weights_only=False)
     assert epoch2["meta"]["epoch"] == 2 and epoch2["meta"]["iter"] == 4
     # Resumed, not restarted: the optimizer kept its step count across the resume.
@@ -53,7 +56,7 @@ class _Payload:
 
 
 def test_resume_refuses_a_planted_malicious_checkpoint(tmp_path, shapes_root, private_home):
-    from ldcache.checkpoint_trust import UntrustedCheckpointError
+    from ldcache.errors import UntrustedCheckpointError
 
     work = tmp_path / "work"
     work.mkdir()

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import BIN, dump_args, loaded_targets, run_dump_cli
-from ldcache.store import open_group_checked
+from ldcache.store.reader import open_store
+
+pytestmark = pytest.mark.slow
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 BUCKET = "ldcache-test"
@@ -19,7 +21,7 @@ ARRAYS = ("ptr", "masks", "logits", "done", "img_shape", "scale_factor", "flip",
 
 
 def _arrays(store) -> dict:
-    group = open_group_checked(store)
+    group, _ = open_store(store)
     return {name: group[name][:] for name in ARRAYS}
 
 

@@ -1,6 +1,6 @@
 import json
 
-from ldcache.shapes_dataset import CLASSES, ShapesSpec, ensure_shapes_dataset
+from ldcache.demo.shapes import CLASSES, ShapesSpec, ensure_shapes_dataset
 
 
 def test_mmdet_coco_dataset_loads_the_shapes_set(shapes_root):

@@ -4,8 +4,9 @@ import pytest
 import torch
 import zarr
 
-from ldcache.row_reader import RowReader
-from ldcache.value_codec import ValueCodec
+from ldcache.store.chunks import RowReader
+from ldcache.errors import BadInputError
+from ldcache.store.codec import ValueCodec
 
 
 def _edge_kl(exact: np.ndarray, stored: np.ndarray, temperature: float) -> float:
@@ -39,7 +40,7 @@ def test_q8_keeps_the_edge_kl_under_the_bound_and_class_logits_as_fp16():
 
 
 def test_q8_step_floor_bounds_the_kl_and_leaves_few_codes_on_narrow_edges():
-    from ldcache.value_codec import Q8_MIN_STEP
+    from ldcache.store.codec import Q8_MIN_STEP
 
     rng = np.random.default_rng(2)
     narrow = rng.normal(0, 0.7, (500, 68 + 3)).astype(np.float32)  # a random-weight head's ranges
@@ -92,18 +93,18 @@ def test_q8_flat_edges_and_fp16_identity():
     assert _edge_kl(values[2, :17], decoded[2, :17], 10.0) < 1e-5
     fp16 = ValueCodec("fp16", 17, 2)
     assert fp16.encode(values).dtype == np.float16 and fp16.width == 70
-    with pytest.raises(ValueError, match="unknown value codec"):
+    with pytest.raises(BadInputError, match="unknown value codec"):
         ValueCodec("int4", 17, 2)
 
 
 @pytest.mark.parametrize("dtype,width", [("u1", 17), ("f2", 71)])
 def test_row_reader_equals_zarr_slicing_across_chunks(tmp_path, dtype, width):
     import fsspec
-    from ldcache.store import _compressor
+    from ldcache.store.writer import blosc
 
     group = zarr.open_group(str(tmp_path / "g"), mode="w", zarr_format=3)
     array = group.create_array("a", shape=(1000, width), dtype=dtype, chunks=(128, width),
-                               compressors=_compressor(np.dtype(dtype).itemsize), fill_value=0)
+                               compressors=blosc(np.dtype(dtype).itemsize), fill_value=0)
     data = np.random.default_rng(1).integers(1, 200, (1000, width)).astype(dtype)
     data[256:384] = 0  # one chunk of fill values only: zarr does not write it
     array[:] = data

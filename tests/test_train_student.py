@@ -20,8 +20,8 @@ def _models_and_batch(cfg, teacher, image_index=0):
     from mmdet.utils import register_all_modules
     from mmengine.dataset import pseudo_collate
 
-    import ldcache.mmdet_components  # noqa: F401
-    from pipelines.train import use_online_teacher
+    import ldcache.train  # noqa: F401
+    from ldcache.train.student import use_online_teacher
 
     register_all_modules()
     torch.manual_seed(1)
@@ -62,7 +62,7 @@ def test_main_ld_equals_mmdet_ldhead(shapes_store, random_teacher, shapes_root):
     from mmdet.models.utils import unpack_gt_instances
     from mmdet.registry import MODELS
 
-    from ldcache.teacher import build_teacher, load_config
+    from ldcache.dump.teacher import build_teacher, load_config
 
     cfg = _cached_cfg(shapes_store, normalize="official")
     student, _, batch = _models_and_batch(cfg, random_teacher)
@@ -86,7 +86,7 @@ def test_main_ld_equals_mmdet_ldhead(shapes_store, random_teacher, shapes_root):
 
 
 def _train_losses(cfg_path, work_dir, **kw):
-    from pipelines.train import build_student_runner
+    from ldcache.train.student import build_student_runner
 
     options = {"train_dataloader.dataset.indices": 4, "train_dataloader.batch_size": 1,
                "train_cfg.max_epochs": 1, "train_cfg.val_interval": 100, "val_cfg": None,
@@ -110,7 +110,7 @@ def test_pipeline_view_mismatch_is_refused_with_the_reason(shapes_store, shapes_
     from mmdet.registry import DATASETS
     from mmdet.utils import register_all_modules
 
-    import ldcache.mmdet_components  # noqa: F401
+    import ldcache.train  # noqa: F401
 
     register_all_modules()
     cfg = _cached_cfg(shapes_store)
@@ -125,9 +125,9 @@ def test_pipeline_view_mismatch_is_refused_with_the_reason(shapes_store, shapes_
 def test_store_that_does_not_fit_is_refused(shapes_store, shapes_root, tmp_path):
     from mmdet.registry import MODELS
 
-    import ldcache.mmdet_components  # noqa: F401
-    from ldcache.ld_cache_check_hook import check_store_fits
-    from ldcache.store import StoreReader
+    import ldcache.train  # noqa: F401
+    from ldcache.train.check_hook import check_store_fits
+    from ldcache.store.reader import StoreReader
 
     reader = StoreReader(shapes_store)
     ann = shapes_root / "annotations/instances_train.json"
@@ -183,3 +183,34 @@ def test_dataloader_workers_each_open_the_store_and_load_the_same_targets(shapes
     for image_id, targets in loaded[0].items():
         other = loaded[2][image_id]
         assert np.array_equal(targets.masks, other.masks) and np.array_equal(targets.values, other.values)
+
+
+def test_online_ld_cuts_rows_at_the_merged_gamma_and_the_configs_topk(random_teacher, shapes_root, tmp_path):
+    from ldcache.train.student import build_student_runner
+
+    options = {"model.bbox_head.vlr_gamma": 0.1, "model.train_cfg.assigner.topk": 7}
+    runner = build_student_runner(CACHED_CONFIG, teacher=(TEACHER_CONFIG, random_teacher), work_dir=tmp_path,
+                                  cfg_options=options)
+    assert runner.model.row_maker.gamma == 0.1 and runner.model.bbox_head.vlr_gamma == 0.1
+    assert runner.model.row_maker.topk == 7
+
+
+def test_a_store_of_another_atss_topk_is_refused(shapes_store):
+    from mmdet.registry import MODELS
+
+    import ldcache.train  # noqa: F401
+    from ldcache.train.check_hook import check_store_fits
+    from ldcache.store.reader import StoreReader
+
+    reader = StoreReader(shapes_store)
+    cfg = _cached_cfg(shapes_store)
+    ids = [int(i) for i in reader.image_ids]
+    for topk, fits in ((9, True), (7, False)):
+        train_cfg = copy.deepcopy(cfg.model.train_cfg)
+        train_cfg.assigner.topk = topk
+        head = MODELS.build({**cfg.model.bbox_head, "train_cfg": train_cfg})
+        if fits:
+            check_store_fits(reader, None, ids, head)
+        else:
+            with pytest.raises(LDCacheError, match="topk 7 .* topk 9"):
+                check_store_fits(reader, None, ids, head)

@@ -1,9 +1,6 @@
-# mmdet's GFL set up for the embedded kwcoco shapes dataset (ldcache.shapes_dataset): 3 classes,
+# mmdet's GFL set up for the embedded kwcoco shapes dataset (ldcache.demo.shapes): 3 classes,
 # 320x320 and 320x256 images, CPU-sized schedule. The tiny configs inherit this one.
-_base_ = 'mmdet::gfl/gfl_r50_fpn_1x_coco.py'
-
-custom_imports = dict(imports=['ldcache.mmdet_components'], allow_failed_imports=False)
-runner_type = 'LDCacheRunner'
+_base_ = ['mmdet::gfl/gfl_r50_fpn_1x_coco.py', './ldcache_runtime.py']
 
 # Set LDCACHE_DATA_ROOT to use a dataset elsewhere (tests and the demo do).
 data_root = '{{$LDCACHE_DATA_ROOT:data/shapes/}}'

@@ -1,8 +1,5 @@
 # Student baseline of the paper's Table 4 (no distillation): GFL R18 FPN, 1x schedule, COCO.
-_base_ = 'mmdet::gfl/gfl_r50_fpn_1x_coco.py'
-
-custom_imports = dict(imports=['ldcache.mmdet_components'], allow_failed_imports=False)
-runner_type = 'LDCacheRunner'
+_base_ = ['mmdet::gfl/gfl_r50_fpn_1x_coco.py', '../_base_/ldcache_runtime.py']
 
 model = dict(
     backbone=dict(

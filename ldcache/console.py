@@ -1,0 +1,83 @@
+"""All of ldcache's terminal output: results on stdout, progress and messages on stderr.
+
+Results (tables, JSON) go to stdout so that they can be piped; progress bars, spinners, notes and
+errors go to stderr. Every module prints through the two consoles here.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+from rich.text import Text
+
+out = Console()
+err = Console(stderr=True)
+
+
+def note(message: str) -> None:
+    """A line of progress or advice on stderr."""
+    err.print(message, highlight=False)
+
+
+def error(message: str) -> None:
+    """A one-line error on stderr, as the CLI reports a user mistake."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def print_json(data) -> None:
+    """Machine-readable output on stdout, exactly JSON (no styling)."""
+    print(json.dumps(data, indent=2))
+
+
+def key_value_table(title: str, rows: Iterable[tuple[str, str]]) -> None:
+    """A two-column table without header on stdout."""
+    table = Table(title=title, show_header=False)
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table)
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """A table with a header row on stdout, columns right-aligned."""
+    grid = Table(title=title)
+    for column in columns:
+        grid.add_column(column, justify="right")
+    for row in rows:
+        grid.add_row(*row)
+    out.print(grid)
+
+
+class _RateColumn(ProgressColumn):
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.2f} {self.unit}/s" if task.speed else f"-- {self.unit}/s", style="cyan")
+
+
+def progress(enabled: bool = True, unit: str = "image-views") -> Progress:
+    """A progress bar on stderr with count, rate, elapsed time and ETA."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(unit),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+                    disable=not enabled)
+
+
+class spinner:
+    """A spinner on stderr while a step runs, then a tick with the step's text."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __enter__(self):
+        self.status = err.status(self.text)
+        self.status.__enter__()
+
+    def __exit__(self, *exc):
+        self.status.__exit__(*exc)
+        if exc[0] is None:
+            err.print(f"[green]✓[/] {self.text}", highlight=False)

@@ -1,0 +1,1 @@
+"""`ldcache demo`: the embedded shapes dataset and the main job on it, end to end."""

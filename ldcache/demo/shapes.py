@@ -1,0 +1,111 @@
+"""The embedded default dataset: a small COCO-format detection set drawn offline by kwcoco.
+
+kwcoco's toy generator paints stars, "eff" glyphs and superstars on textured backgrounds with
+exact boxes. Half the images are landscape and half square, so that batches need padding the way
+COCO batches do.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..paths import ldcache_home
+
+CLASSES = ("star", "eff", "superstar")
+FORMAT = 1  # bump when the layout written here changes, so cached copies are rebuilt
+
+
+@dataclass(frozen=True)
+class ShapesSpec:
+    num_train: int = 48
+    num_val: int = 16
+    seed: int = 0
+    # (width, height) of the two image shapes; images alternate between them.
+    sizes: tuple[tuple[int, int], ...] = ((320, 320), (320, 256))
+
+    def digest(self) -> str:
+        text = json.dumps({"format": FORMAT, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def default_shapes_root(spec: ShapesSpec) -> Path:
+    return ldcache_home() / "datasets" / f"shapes-{spec.digest()}"
+
+
+def ensure_shapes_dataset(spec: ShapesSpec = ShapesSpec(), root: Path | None = None) -> Path:
+    """Return the root of the dataset described by `spec`, generating it first if needed.
+
+    Layout: images/{train,val}/*.png, annotations/instances_{train,val}.json. A `COMPLETE` file
+    holding the spec digest is written last, so an interrupted build is redone, not reused.
+    """
+    root = Path(root) if root is not None else default_shapes_root(spec)
+    marker = root / "COMPLETE"
+    if marker.exists() and marker.read_text().strip() == spec.digest():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Build next to the destination and rename: concurrent builders never see a half-written set.
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
+    try:
+        _write_dataset(spec, staging)
+        (staging / "COMPLETE").write_text(spec.digest())
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(staging, root)
+    except OSError:
+        if root.exists() and (root / "COMPLETE").exists():
+            shutil.rmtree(staging, ignore_errors=True)
+            return root  # another process finished the same build first
+        raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return root
+
+
+def _write_dataset(spec: ShapesSpec, out: Path) -> None:
+    total = spec.num_train + spec.num_val
+    per_size = [len(range(i, total, len(spec.sizes))) for i in range(len(spec.sizes))]
+    drawn = [_draw_images(size, n, spec.seed + k, out / "kwcoco" / str(k))
+             for k, (size, n) in enumerate(zip(spec.sizes, per_size))]
+    # Interleave the shapes so that both splits hold both shapes.
+    ordered = [drawn[i % len(drawn)][i // len(drawn)] for i in range(total)]
+    splits = {"train": ordered[: spec.num_train], "val": ordered[spec.num_train:]}
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
+    for split, items in splits.items():
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for image_id, (src, width, height, boxes) in enumerate(items, start=1):
+            file_name = f"{split}_{image_id:05d}.png"
+            shutil.copyfile(src, out / "images" / split / file_name)
+            images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+            for (x, y, w, h), label in boxes:
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": image_id, "category_id": label,
+                    "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,
+                })
+        (out / "annotations").mkdir(exist_ok=True)
+        coco = {"images": images, "annotations": annotations, "categories": categories}
+        (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
+    shutil.rmtree(out / "kwcoco")
+
+
+def _draw_images(size: tuple[int, int], count: int, seed: int, bundle: Path):
+    """Draw `count` images with kwcoco; return (png path, width, height, [(xywh, label)]) each."""
+    from kwcoco.demo.toydata_image import demodata_toy_dset
+
+    dset = demodata_toy_dset(image_size=size, n_imgs=count, rng=seed, bundle_dpath=str(bundle),
+                             use_cache=False, verbose=0)
+    label_of = {cat["id"]: CLASSES.index(cat["name"]) + 1
+                for cat in dset.cats.values() if cat["name"] in CLASSES}
+    items = []
+    for gid in sorted(dset.imgs):
+        img = dset.imgs[gid]
+        boxes = [([float(v) for v in ann["bbox"]], label_of[ann["category_id"]])
+                 for ann in dset.annots(gid=gid).objs if ann["category_id"] in label_of]
+        items.append((dset.get_image_fpath(gid), img["width"], img["height"], boxes))
+    return items

@@ -1,0 +1,220 @@
+"""`ldcache dump-teacher`: run a teacher once and write its LD targets to a store.
+
+Pass 1 (no teacher, dask): regions from the annotations, row counts, store layout, masks.
+Pass 2 (teacher): per block of records, forward the views and write the logits at the stored
+rows, then mark the block done. Under torchrun, rank 0 does pass 1 and blocks go round-robin to
+ranks; the layout never depends on the number of processes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .. import console
+from ..digest import file_sha256
+from ..errors import BadInputError, StoreIncompleteError, StoreMismatchError
+from ..store.attrs import (DatasetAttrs, DumpSummary, HeadGeometry, LayoutAttrs, RegionAttrs, StoreAttrs,
+                           TeacherAttrs, ValuesAttrs, ViewAttrs)
+from ..store.codec import VALUE_CODECS
+from ..store.filesystem import store_bytes_on_disk, store_exists
+from ..store.format import FORMAT_VERSION, REGION_MODES, STATUS_COMPLETE, STATUS_CREATED, VLR_METRICS
+from ..store.layout import featmap_sizes
+from ..store.reader import open_store
+from ..store.writer import write_status
+from .region_rows import RegionRowMaker
+from .regions_pass import run_regions_pass
+from .scan import DatasetScan, scan_dataset
+from .teacher import assigner_topk, build_teacher, config_classes, load_config
+from .teacher_pass import run_teacher_pass
+from .views import View, view_geometry
+
+
+@dataclass
+class DumpOptions:
+    """What `ldcache dump-teacher` was asked to do (its command-line options)."""
+
+    teacher_config: Path
+    checkpoint: Path
+    ann_file: Path
+    img_dir: Path
+    out: str | Path  # a folder, or an object-store URL such as s3://bucket/prefix/teacher.zarr
+    views: list[View]
+    region: str = "distill"
+    gamma: float = 0.25
+    dtype: str = "fp16"
+    vlr_metrics: tuple[str, ...] = VLR_METRICS
+    vlr_class_logits: bool = True
+    device: str = "auto"
+    batch_size: int = 1
+    workers: int = 2
+    block_size: int = 64
+    chunk_rows: int = 512
+    resume: bool = False
+    dask_scheduler: str | None = None  # address of a dask.distributed scheduler for pass 1
+
+    def check(self) -> None:
+        """Refuse options no dump can run with, before any work starts."""
+        if self.region not in REGION_MODES:
+            raise BadInputError(f"--region must be one of {REGION_MODES}, not {self.region!r}")
+        if self.dtype not in VALUE_CODECS:
+            raise BadInputError(f"--dtype must be one of {VALUE_CODECS}, not {self.dtype!r}")
+        if not self.vlr_metrics or set(self.vlr_metrics) - set(VLR_METRICS):
+            raise BadInputError(f"--vlr-metric must name one or more of {VLR_METRICS}, not {list(self.vlr_metrics)}")
+        if not 0 < self.gamma < 1:
+            raise BadInputError(f"--gamma must lie strictly between 0 and 1, not {self.gamma}")
+        for name in ("batch_size", "block_size", "chunk_rows"):
+            if getattr(self, name) < 1:
+                raise BadInputError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+
+
+def _input_hashes(opts: DumpOptions) -> dict:
+    """sha256 of the inputs, computed once: the checkpoint and annotation file can be large."""
+    return {"checkpoint": file_sha256(opts.checkpoint), "config": file_sha256(opts.teacher_config),
+            "ann": file_sha256(opts.ann_file)}
+
+
+def _fingerprint(opts: DumpOptions, hashes: dict, topk: int) -> str:
+    """What makes two dumps write the same arrays: the inputs and every option that changes a value."""
+    keys = dict(teacher=hashes["checkpoint"], config=hashes["config"], ann=hashes["ann"],
+                img_dir=str(Path(opts.img_dir).resolve()), views=[asdict(v) for v in opts.views],
+                region=opts.region, gamma=opts.gamma, topk=topk, dtype=opts.dtype,
+                vlr_metrics=list(opts.vlr_metrics), vlr_class_logits=opts.vlr_class_logits,
+                # GroupNorm in the head sees a batch's padding, so the batch size changes values.
+                batch_size=opts.batch_size, block_size=opts.block_size, chunk_rows=opts.chunk_rows)
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            return f"cuda:{local}"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInputError(f"--device {device} asked for, but no CUDA device is available")
+    return device
+
+
+def run_dump(opts: DumpOptions) -> DumpSummary | None:
+    """Run both passes; returns the summary on rank 0 (None on other ranks)."""
+    started = time.perf_counter()
+    opts.check()
+    rank, world = _dist_info()
+    device = _resolve_device(opts.device)
+    cfg = load_config(opts.teacher_config)
+    model = build_teacher(cfg, opts.checkpoint, device)  # a checkpoint that does not fit fails here
+    geometry = HeadGeometry.of_head(model.bbox_head)
+    scan = scan_dataset(opts.ann_file, opts.img_dir, config_classes(cfg))
+    if len(scan.classes) != geometry.num_classes:
+        raise BadInputError(f"the teacher predicts {geometry.num_classes} classes but the dataset has "
+                            f"{len(scan.classes)}; give the teacher's own dataset classes")
+    records = [(entry, view) for entry in scan.images for view in opts.views]
+    topk = assigner_topk(cfg)
+    maker = RegionRowMaker(model.bbox_head.prior_generator, geometry.strides, opts.region, opts.gamma,
+                           topk, tuple(opts.vlr_metrics))
+
+    if rank == 0:
+        attrs = _new_attrs(opts, _input_hashes(opts), scan, geometry, topk)
+        _prepare_store(opts, attrs, scan, records, maker)
+    _barrier()
+    group, attrs = open_store(opts.out, require_complete=False, mode="r+")
+    done = group["done"][:]
+    if attrs.status != STATUS_COMPLETE:
+        todo = [b for b in range(len(done)) if b % world == rank and not done[b]]
+        run_teacher_pass(model, group, attrs, records, todo, opts.batch_size, opts.workers, rank == 0)
+    _barrier()
+    if rank != 0:
+        return None
+    if not np.all(group["done"][:] == 1):
+        raise StoreIncompleteError(f"{opts.out}: some blocks were not written; re-run with --resume")
+    summary = _summary(group, attrs, scan, opts, time.perf_counter() - started)
+    write_status(group, attrs, STATUS_COMPLETE, summary=summary)
+    return summary
+
+
+def _new_attrs(opts: DumpOptions, hashes: dict, scan: DatasetScan, geometry: HeadGeometry, topk: int) -> StoreAttrs:
+    return StoreAttrs(
+        ldcache_format=FORMAT_VERSION, status=STATUS_CREATED, fingerprint=_fingerprint(opts, hashes, topk),
+        teacher=TeacherAttrs(str(opts.teacher_config), hashes["config"], str(opts.checkpoint), hashes["checkpoint"]),
+        head=geometry,
+        dataset=DatasetAttrs(str(opts.ann_file), hashes["ann"], str(opts.img_dir), tuple(scan.classes)),
+        views=tuple(ViewAttrs(v.name, tuple(v.scale), v.flip) for v in opts.views),
+        region=RegionAttrs(opts.region, opts.gamma, topk, tuple(m for m in VLR_METRICS if m in opts.vlr_metrics)),
+        values=ValuesAttrs(opts.dtype, opts.vlr_class_logits),
+        layout=LayoutAttrs(opts.block_size, opts.chunk_rows, len(scan.images), len(opts.views)))
+
+
+def _prepare_store(opts: DumpOptions, attrs: StoreAttrs, scan: DatasetScan, records: list,
+                   maker: RegionRowMaker) -> None:
+    """Check an existing store for --resume, or run pass 1 into a new one."""
+    out = opts.out
+    if store_exists(out):
+        if not opts.resume:
+            raise BadInputError(f"{out} already exists; add --resume to finish or reuse it, or choose "
+                                "another --out")
+        _, stored = open_store(out, require_complete=False)
+        if stored.fingerprint != attrs.fingerprint:
+            raise StoreMismatchError(f"{out} was dumped with another teacher, checkpoint, annotation file, image "
+                                     "folder or options than this command; --resume needs the very same command")
+        if stored.status != STATUS_CREATED:
+            return  # masks are in place; pass 2 picks up the blocks not done
+        console.note("resuming: pass 1 had not finished, redoing it")
+    run_regions_pass(maker, records, out, attrs, _small_arrays(scan, records), opts.dask_scheduler)
+
+
+def _small_arrays(scan: DatasetScan, records: list) -> dict[str, np.ndarray]:
+    """The per-record and per-image arrays of docs/store-format.md."""
+    geos = [view_geometry(e.width, e.height, v) for e, v in records]
+    names = [os.path.relpath(e.path, scan.img_dir).encode() for e in scan.images]
+    files = np.zeros((len(names), max(map(len, names))), dtype=np.uint8)
+    for i, name in enumerate(names):
+        files[i, :len(name)] = np.frombuffer(name, dtype=np.uint8)
+    box_counts = [len(e.boxes) for e in scan.images]
+    return {
+        "image_ids": np.array([e.image_id for e in scan.images], dtype=np.int64),
+        "image_files": files,
+        "gt_ptr": np.concatenate([[0], np.cumsum(box_counts)]).astype(np.int64),
+        "gt_boxes": torch.cat([e.boxes for e in scan.images]).numpy().astype(np.float32),
+        "img_shape": np.array([g.img_shape for g in geos], dtype=np.int32),
+        "scale_factor": np.array([g.scale_factor for g in geos], dtype=np.float64),
+        "pad_shape": np.array([g.pad_shape for g in geos], dtype=np.int32),
+        "flip": np.array([g.flip for g in geos], dtype=np.uint8),
+    }
+
+
+def _summary(group, attrs: StoreAttrs, scan: DatasetScan, opts: DumpOptions, wall: float) -> DumpSummary:
+    ptr = group["ptr"][:]
+    per_level = (ptr[:, 1:] - ptr[:, :-1]).sum(axis=0)
+    num_values = attrs.value_codec().num_values
+    dense_locations = sum(int(np.prod(s)) for p in group["pad_shape"][:]
+                          for s in featmap_sizes(tuple(p), attrs.head.strides))
+    dense_bytes = dense_locations * num_values * 2
+    disk = store_bytes_on_disk(opts.out)
+    records = ptr.shape[0]
+    return DumpSummary(
+        images=len(scan.images), views=len(opts.views), image_views=records,
+        images_without_boxes=scan.skipped_no_annotations, ignored_crowd_boxes=scan.crowd_boxes,
+        dropped_degenerate_boxes=scan.degenerate_boxes, rows_per_level=tuple(int(x) for x in per_level),
+        bytes_on_disk=disk, bytes_per_image_view=disk / max(records, 1), dense_fp16_bytes=dense_bytes,
+        compression_vs_dense_fp16=dense_bytes / max(disk, 1), wall_seconds=round(wall, 2))

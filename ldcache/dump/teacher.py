@@ -1,0 +1,74 @@
+"""Build an mmdet GFL-family teacher from its config and checkpoint, and run its head."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from mmengine.config import Config
+
+from .. import checkpoint_trust  # noqa: F401  (routes mmengine's loading through the safe loader)
+from ..errors import BadInputError
+
+DEFAULT_TOPK = 9  # mmdet's ATSSAssigner default, and every GFL config's
+
+
+def load_config(path: str | Path) -> Config:
+    """An mmengine config, or a clear error when the file is not there."""
+    if not Path(path).is_file():
+        raise BadInputError(f"config file {path} does not exist")
+    return Config.fromfile(str(path))
+
+
+def default_scale(cfg: Config) -> tuple[int, int]:
+    """The Resize scale of the config's test pipeline (where the student is evaluated)."""
+    pipeline = cfg.get("test_dataloader", {}).get("dataset", {}).get("pipeline", [])
+    for step in pipeline:
+        if step.get("type") == "Resize" and "scale" in step:
+            return tuple(step["scale"])
+    raise BadInputError(f"{cfg.filename} has no Resize(scale=...) in its test pipeline; give --scale")
+
+
+def assigner_topk(cfg: Config) -> int:
+    """The ATSS `topk` of the config's `model.train_cfg.assigner`: the Main region's assignment."""
+    assigner = (cfg.model.get("train_cfg") or {}).get("assigner") or {}
+    return int(assigner.get("topk", DEFAULT_TOPK))
+
+
+def config_classes(cfg: Config) -> tuple[str, ...] | None:
+    """The class names the config's train dataset declares, if it declares any."""
+    classes = cfg.get("train_dataloader", {}).get("dataset", {}).get("metainfo", {}).get("classes")
+    return tuple(classes) if classes else None
+
+
+def build_teacher(cfg: Config, checkpoint: str | Path, device: str) -> torch.nn.Module:
+    """The teacher in eval mode with its weights; a checkpoint that does not fit is a user error."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.runner import load_checkpoint
+
+    register_all_modules()
+    if not Path(checkpoint).is_file():
+        raise BadInputError(f"teacher checkpoint {checkpoint} does not exist")
+    model_cfg = cfg.model.copy()
+    model_cfg.get("backbone", {}).pop("init_cfg", None)  # weights come from the checkpoint
+    model = MODELS.build(model_cfg)
+    head = getattr(model, "bbox_head", None)
+    if head is None or not hasattr(head, "reg_max") or not hasattr(head, "prior_generator"):
+        raise BadInputError(f"the teacher ({type(model).__name__}) has no GFL-style head with reg_max "
+                            "edge distributions and an anchor generator; LD needs one (GFLHead, LDHead)")
+    try:
+        load_checkpoint(model, str(checkpoint), map_location="cpu", strict=True, logger="silent")
+    except RuntimeError as err:  # strict loading: missing or unexpected keys, shapes that differ
+        first = str(err).strip().splitlines()
+        raise BadInputError(f"teacher checkpoint {checkpoint} does not fit config {cfg.filename}: "
+                            f"{' '.join(first[:3])[:400]}") from None
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def teacher_outputs(model: torch.nn.Module, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-level (cls_score [B, C, H, W], bbox_pred [B, 4*(reg_max+1), H, W]) for a collated batch."""
+    data = model.data_preprocessor(batch, False)
+    feats = model.extract_feat(data["inputs"])
+    cls_scores, bbox_preds = model.bbox_head(feats)
+    return list(cls_scores), list(bbox_preds)

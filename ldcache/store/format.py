@@ -1,0 +1,23 @@
+"""Constants of the store format (docs/store-format.md): version, statuses, row flags, mask rows."""
+from __future__ import annotations
+
+import numpy as np
+
+FORMAT_VERSION = 3
+STATUS_CREATED, STATUS_MASKS, STATUS_COMPLETE = "created", "masks-written", "complete"
+STATUSES = (STATUS_CREATED, STATUS_MASKS, STATUS_COMPLETE)
+REGION_MODES = ("distill", "dense")
+
+# The two VLR definitions, in the order of the per-metric fields of a mask row.
+VLR_METRICS = ("official", "diou")
+
+# Flag bits of a row: which region it belongs to at the dump's gamma.
+FLAG_MAIN, FLAG_VLR_OFFICIAL, FLAG_VLR_DIOU = 1, 2, 4
+REGION_FLAGS = {"main": FLAG_MAIN, "vlr_official": FLAG_VLR_OFFICIAL, "vlr_diou": FLAG_VLR_DIOU}
+MASK_DTYPE = np.dtype([
+    ("loc", "<i4"),  # y * W_l + x on the level's per-image grid
+    ("flags", "u1"),
+    ("vlr_ratio", "<f4", (2,)),  # largest d/thr below 1, per VLR metric (official, diou)
+    ("vlr_weight", "<f2", (2,)),  # IoU with the chosen GT, per VLR metric
+])
+

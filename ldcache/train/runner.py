@@ -1,0 +1,86 @@
+"""mmengine Runner that signs the checkpoints it writes, so that it may resume from them safely."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from mmengine.dist import master_only
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from ..checkpoint_trust import SIGNATURE_SUFFIX, sign_checkpoint
+from ..errors import BadInputError
+
+
+@RUNNERS.register_module()
+class LDCacheRunner(Runner):
+    """A Runner whose checkpoints are trusted on resume (see ``ldcache.checkpoint_trust``).
+
+    Use it with ``runner_type = 'LDCacheRunner'`` in a config; everything else is mmengine's.
+    """
+
+    @master_only
+    def save_checkpoint(self, out_dir, filename, *args, **kwargs):
+        super().save_checkpoint(out_dir, filename, *args, **kwargs)
+        path = Path(out_dir) / filename
+        # Remote backends (no local file) keep mmengine's behaviour.
+        if path.is_file():
+            sign_checkpoint(path)
+        remove_orphan_signatures(Path(out_dir))
+
+    def train(self):
+        model = super().train()
+        # mmengine's CheckpointHook removes old checkpoints (max_keep_ckpts) after each save.
+        if self.rank == 0:
+            remove_orphan_signatures(Path(self.work_dir))
+        return model
+
+
+def remove_orphan_signatures(folder: Path) -> None:
+    """Delete the signatures whose checkpoint is gone (removed by max_keep_ckpts, or by hand)."""
+    for signature in folder.glob(f"*{SIGNATURE_SUFFIX}"):
+        if not signature.with_name(signature.name[:-len(SIGNATURE_SUFFIX)]).exists():
+            signature.unlink(missing_ok=True)
+
+
+def runner_from_config(config: str | Path, work_dir: str | Path | None = None,
+                       cfg_options: dict | None = None, resume: bool = False, prepare=None) -> Runner:
+    """Build the Runner a config asks for (``runner_type``), as mmdet's tools/train.py does.
+
+    `prepare(cfg)`, if given, edits the loaded config before the options are merged."""
+    from mmengine.config import Config
+
+    if not Path(config).is_file():
+        raise BadInputError(f"config file {config} does not exist")
+    cfg = Config.fromfile(str(config))
+    if prepare is not None:
+        prepare(cfg)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.work_dir = str(work_dir) if work_dir else cfg.get(
+        "work_dir", str(Path("work_dirs") / Path(config).stem))
+    cfg.resume = resume
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        use_torchrun_launcher(cfg)
+    if "runner_type" in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def use_torchrun_launcher(cfg) -> None:
+    """DDP through mmengine's pytorch launcher, on GPUs and on CPUs alike.
+
+    mmengine 0.10's launcher calls torch.cuda.set_device and gives DDP a CUDA device id. On a
+    machine without CUDA, ldcache starts the gloo process group itself (mmengine then skips its
+    own start) and wraps the model in DDP without device ids.
+    """
+    cfg.launcher = "pytorch"
+    if torch.cuda.is_available():
+        return
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
+                                 find_unused_parameters=cfg.get("find_unused_parameters", False))

@@ -1,0 +1,57 @@
+"""Turn a cached-LD student config into a Runner: from a store, or online with a live teacher."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmengine.config import Config, ConfigDict
+
+from ..errors import BadInputError
+from .check_hook import ld_stores_in_pipeline
+from .runner import runner_from_config
+
+
+def _train_pipelines(cfg: Config) -> list[list]:
+    """The pipelines of the train dataset, through dataset wrappers."""
+    dataset = cfg.train_dataloader.dataset
+    while "dataset" in dataset:
+        dataset = dataset.dataset
+    return [dataset.pipeline]
+
+
+def use_cache(cfg: Config, store: str) -> None:
+    """Point every LoadLDTargets step of the train pipeline at `store`."""
+    found = False
+    for pipeline in _train_pipelines(cfg):
+        for step in pipeline:
+            if step.get("type") == "LoadLDTargets":
+                step["store"] = str(store)
+                found = True
+    if not found:
+        raise BadInputError(f"{cfg.filename} has no LoadLDTargets step in its train pipeline: it is not a "
+                           "cached-LD config (see configs/tiny/ld_r18_tiny_cached.py)")
+
+
+def use_online_teacher(cfg: Config, teacher_config: Path, teacher_ckpt: Path) -> None:
+    """Turn a cached-LD config into online LD: same head and losses, targets from a live teacher."""
+    if cfg.model.bbox_head.get("type") != "CachedLDHead":
+        raise BadInputError(f"{cfg.filename} does not use CachedLDHead; online LD runs through its losses")
+    for pipeline in _train_pipelines(cfg):
+        pipeline[:] = [step for step in pipeline if step.get("type") != "LoadLDTargets"]
+    cfg.custom_hooks = [h for h in cfg.get("custom_hooks", []) if h.get("type") != "LDCacheCheckHook"]
+    cfg.model = ConfigDict({**cfg.model, "type": "OnlineLDGFL", "teacher_config": str(teacher_config),
+                            "teacher_ckpt": str(teacher_ckpt)})
+
+
+def build_student_runner(config: Path, cache: str | Path | None = None, teacher: tuple[Path, Path] | None = None,
+                         work_dir: Path | None = None, cfg_options: dict | None = None, resume: bool = False):
+    """The mmengine Runner of a cached-LD student config: reading `cache` (or the config's own store),
+    or online LD with `teacher` = (config, checkpoint). `cfg_options` are merged after either."""
+    def prepare(cfg: Config) -> None:
+        if teacher is not None:
+            use_online_teacher(cfg, *teacher)
+        elif cache is not None:
+            use_cache(cfg, str(cache))
+        elif not any(ld_stores_in_pipeline(p) for p in _train_pipelines(cfg)):
+            raise BadInputError("give --cache STORE (cached LD) or --teacher CONFIG CKPT (online LD)")
+
+    return runner_from_config(config, work_dir, cfg_options, resume=resume, prepare=prepare)

@@ -1,1 +1,0 @@
-"""Stage pipelines run by the CLI: dump, train, inspect."""
