@@ -1,7 +1,6 @@
 """The `ldcache` command line: dump a teacher once, train students from the cache, inspect it."""
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -248,9 +247,5 @@ def demo(
         _fail(str(e))
 
 
-def main() -> None:  # pragma: no cover - console entry for `python cli.py`
+if __name__ == "__main__":  # `python -m ldcache.cli`
     app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -55,6 +55,8 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+# The planted file is a plain pickle, which torch's weights-only reader warns about before refusing it.
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_resume_refuses_a_planted_malicious_checkpoint(tmp_path, shapes_root, private_home):
     from ldcache.errors import UntrustedCheckpointError
 
