@@ -96,7 +96,7 @@ def dump_teacher(
 def _print_dump_summary(out: str, summary) -> None:
     console.key_value_table(f"dump written to {out}", [
         ("images x views", f"{summary.images} x {summary.views} = {summary.image_views}"),
-        ("skipped images without boxes", str(summary.images_without_boxes)),
+        ("images without a usable box (stored, no rows)", str(summary.images_without_boxes)),
         ("ignored crowd / dropped degenerate boxes", f"{summary.ignored_crowd_boxes} / {summary.dropped_degenerate_boxes}"),
         ("rows per level", ", ".join(str(r) for r in summary.rows_per_level)),
         ("bytes on disk", f"{summary.bytes_on_disk / 2**20:.2f} MiB"),

@@ -261,25 +261,71 @@ def test_bad_inputs_give_one_line_errors(shapes_root, random_teacher, tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr
 
 
-def test_crowd_degenerate_and_empty_images_are_counted(shapes_root, random_teacher, tmp_path):
-    def edit(ann):
-        first = ann["images"][0]["id"]
-        ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] != first]
-        second = ann["images"][1]["id"]
-        ann["annotations"].append({"id": 10**6, "image_id": second, "category_id": 1,
-                                   "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 1})
-        ann["annotations"].append({"id": 10**6 + 1, "image_id": second, "category_id": 1,
-                                   "bbox": [10, 10, 0, 30], "area": 0, "iscrowd": 0})
-        ann["images"] = ann["images"][:6]
+def _coco_corner_cases(ann):
+    """Image 0 loses its boxes, image 1 keeps only a crowd box, image 2 only a box under 1 px, image 3
+    gets an extra crowd box and a degenerate one beside its own: as COCO train2017 has them."""
+    ids = [im["id"] for im in ann["images"]]
+    ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] not in ids[:3]]
+    extra = [(ids[1], [10, 10, 30, 30], 900, 1), (ids[2], [10, 10, 0.5, 30], 15, 0),
+             (ids[3], [40, 40, 30, 30], 900, 1), (ids[3], [10, 10, 0, 30], 0, 0)]
+    for k, (image_id, bbox, area, crowd) in enumerate(extra):
+        ann["annotations"].append({"id": 10**6 + k, "image_id": image_id, "category_id": 1, "bbox": bbox,
+                                   "area": area, "iscrowd": crowd})
+    ann["images"] = ann["images"][:6]
 
-    ann = _edited_dataset(shapes_root, tmp_path, edit)
+
+def test_images_without_a_usable_box_are_stored_without_rows(shapes_root, random_teacher, tmp_path):
+    ann = _edited_dataset(shapes_root, tmp_path, _coco_corner_cases)
     args = _dump_args(shapes_root, random_teacher, tmp_path / "s")
     args[args.index("--ann-file") + 1] = str(ann)
-    result = _run_cli(args + ["--no-flip"])
+    # Blocks of 3: the first block holds only images without rows, and no teacher runs for it.
+    result = _run_cli(args + ["--no-flip", "--block-size", "3"])
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = StoreReader(tmp_path / "s").attrs.summary
-    assert summary.images_without_boxes == 1 and summary.images == 5
-    assert summary.ignored_crowd_boxes == 1 and summary.dropped_degenerate_boxes == 1
+    reader = StoreReader(tmp_path / "s")
+    summary = reader.attrs.summary
+    assert summary.images == 6 and summary.images_without_boxes == 3
+    assert reader.ptr[2, -1] == reader.ptr[0, 0] and reader.group["done"][:].tolist() == [1, 1]
+    assert summary.ignored_crowd_boxes == 2 and summary.dropped_degenerate_boxes == 2
+    ids = json.loads(ann.read_text())["images"]
+    for index, image in enumerate(ids):
+        targets = reader.read_record(reader.record_index(image["id"], 0))
+        rows = sum(len(level.loc) for level in targets.levels())
+        assert (rows == 0) == (index < 3), image
+        assert (len(reader.gt_boxes(index)) == 0) == (index < 3)
+
+
+def test_a_student_trains_on_images_whose_only_boxes_are_crowd_or_degenerate(shapes_root, random_teacher,
+                                                                             tmp_path):
+    """mmdet's filter_empty_gt keeps an image with only a crowd or a degenerate box; the store has it."""
+    from mmdet.registry import DATASETS, MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.dataset import pseudo_collate
+
+    import ldcache.train  # noqa: F401
+    from conftest import cached_cfg
+    from ldcache.train.check_hook import check_store_fits
+
+    ann = _edited_dataset(shapes_root, tmp_path, _coco_corner_cases)
+    store = tmp_path / "s"
+    args = _dump_args(shapes_root, random_teacher, store)
+    args[args.index("--ann-file") + 1] = str(ann)
+    assert _run_cli(args).returncode == 0
+    register_all_modules()
+    cfg = cached_cfg(store)
+    cfg.train_dataloader.dataset.update(ann_file=str(ann), data_prefix=dict(img=str(shapes_root / "images/train") + "/"),
+                                        filter_cfg=dict(filter_empty_gt=True, min_size=32))
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    kept = {dataset.get_data_info(i)["img_id"] for i in range(len(dataset))}
+    images = json.loads(ann.read_text())["images"]
+    assert {images[1]["id"], images[2]["id"]} <= kept and images[0]["id"] not in kept
+    model = MODELS.build(cfg.model)
+    check_store_fits(StoreReader(store), str(ann), sorted(kept), model.bbox_head)
+    samples = [dataset[i] for i in range(len(dataset)) if dataset.get_data_info(i)["img_id"] in
+               (images[1]["id"], images[2]["id"], images[3]["id"])]
+    batch = model.data_preprocessor(pseudo_collate(samples), True)
+    losses = model.loss(batch["inputs"], batch["data_samples"])
+    total = sum(sum(v) if isinstance(v, list) else v for k, v in losses.items() if "loss" in k)
+    assert torch.isfinite(total) and total > 0
 
 
 def test_categories_that_are_not_the_teachers_classes_are_named_in_the_error(shapes_root, random_teacher,

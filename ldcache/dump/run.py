@@ -214,7 +214,7 @@ def _summary(group, attrs: StoreAttrs, scan: DatasetScan, opts: DumpOptions, wal
     records = ptr.shape[0]
     return DumpSummary(
         images=len(scan.images), views=len(opts.views), image_views=records,
-        images_without_boxes=scan.skipped_no_annotations, ignored_crowd_boxes=scan.crowd_boxes,
+        images_without_boxes=scan.images_without_boxes, ignored_crowd_boxes=scan.crowd_boxes,
         dropped_degenerate_boxes=scan.degenerate_boxes, rows_per_level=tuple(int(x) for x in per_level),
         bytes_on_disk=disk, bytes_per_image_view=disk / max(records, 1), dense_fp16_bytes=dense_bytes,
         compression_vs_dense_fp16=dense_bytes / max(disk, 1), wall_seconds=round(wall, 2))

@@ -26,7 +26,7 @@ class ImageEntry:
 class DatasetScan:
     images: list[ImageEntry]
     img_dir: Path
-    skipped_no_annotations: int = 0
+    images_without_boxes: int = 0
     crowd_boxes: int = 0
     degenerate_boxes: int = 0
     other_category_boxes: int = 0
@@ -60,8 +60,10 @@ def _counting_dataset_class():
 
 
 def scan_dataset(ann_file: Path, img_dir: Path, classes) -> DatasetScan:
-    """Images and GT boxes as mmdet's CocoDataset parses them (crowd boxes ignored, boxes under
-    1 px dropped). Images without a usable box are skipped; missing image files are an error."""
+    """Every image of the annotation file with its GT boxes, as mmdet's CocoDataset parses them
+    (crowd boxes ignored, boxes under 1 px dropped). An image without a usable box is kept, with
+    no boxes: mmdet's training filter keeps images whose only boxes are crowd or degenerate, so
+    the student meets them. Missing image files are an error."""
     if not ann_file.is_file():
         raise BadInputError(f"annotation file {ann_file} does not exist")
     if not img_dir.is_dir():
@@ -84,17 +86,15 @@ def scan_dataset(ann_file: Path, img_dir: Path, classes) -> DatasetScan:
     for i in range(len(dataset)):
         info = dataset.get_data_info(i)
         boxes = [inst["bbox"] for inst in info["instances"] if not inst["ignore_flag"]]
-        if not boxes:
-            scan.skipped_no_annotations += 1
-            continue
+        scan.images_without_boxes += not boxes
         if not os.path.isfile(info["img_path"]):
             missing.append(info["img_path"])
         scan.images.append(ImageEntry(int(info["img_id"]), info["img_path"], int(info["width"]),
-                                      int(info["height"]), torch.tensor(boxes, dtype=torch.float32)))
+                                      int(info["height"]), torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)))
     if missing:
         raise BadInputError(f"{len(missing)} image file(s) named in {ann_file} are missing under {img_dir}, "
                             f"e.g. {missing[0]}")
-    if not scan.images:
+    if scan.images_without_boxes == len(scan.images):
         hint = (f"; its {scan.other_category_boxes} boxes are of categories that are not the teacher's classes "
                 f"{scan.classes[:5]}{'...' if len(scan.classes) > 5 else ''} (set the teacher config's "
                 "train_dataloader.dataset.metainfo.classes)" if scan.other_category_boxes else "")

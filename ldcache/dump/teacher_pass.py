@@ -81,13 +81,19 @@ def run_teacher_pass(model: torch.nn.Module, group: zarr.Group, attrs: StoreAttr
     img_shapes, pad_shapes = group["img_shape"][:], group["pad_shape"][:]
     codec, block_size, strides = attrs.value_codec(), attrs.layout.block_size, attrs.head.strides
 
+    # Image-views without rows (an image without a usable box, in distill mode) need no teacher.
+    with_rows = {b: [r for r in block_rows(ptr, b, block_size)[2] if ptr[r, -1] > ptr[r, 0]] for b in my_blocks}
+    for block, recs in with_rows.items():
+        if not recs:
+            done[block] = 1
+
     def open_block(block: int) -> _BlockBuffer:
-        start, end, recs = block_rows(ptr, block, block_size)
+        start, end, _ = block_rows(ptr, block, block_size)
         block_masks = np.ascontiguousarray(masks[start:end]).view(MASK_DTYPE).reshape(-1)
         return _BlockBuffer(block, start, block_masks, np.zeros((end - start, codec.num_values), np.float32),
-                            len(recs))
+                            len(with_rows[block]))
 
-    items = [(r, *records[r]) for b in my_blocks for r in block_rows(ptr, b, block_size)[2]]
+    items = [(r, *records[r]) for b in my_blocks for r in with_rows[b]]
     # One loader for all of this rank's blocks: its workers start once and keep decoding across
     # block ends (a loader per block paid the workers' start-up on every block).
     loader = torch.utils.data.DataLoader(ViewDataset(items), batch_size=batch_size,
