@@ -157,7 +157,7 @@ def inspect(
     grid: bool = typer.Option(False, "--grid", help="Read --at as level-grid coordinates."),
     tau: float = typer.Option(1.0, "--tau", help="Temperature of the shown distributions (LD trains at 10)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: the image figure with --image, histograms with --stats."),
-    stats: bool = typer.Option(False, "--stats", help="Dataset-wide entropy and region-size histograms (dask, streamed)."),
+    stats: bool = typer.Option(False, "--stats", help="Dataset-wide entropy and rows-per-image-view histograms, recomputed from every stored chunk (dask, streamed). The summary reads the statistics the dump stored instead."),
 ) -> None:
     """Browse a store: summary, per-location edge distributions, ambiguity plots, statistics.
 
@@ -175,8 +175,8 @@ def inspect(
             return
         if plot and not stats:
             _fail("--plot needs --image ID (the image figure) or --stats (the histograms)")
-        statistics = store_statistics(reader.group, reader.attrs)
         if stats:
+            statistics = store_statistics(reader.group, reader.attrs)
             if plot:
                 from .inspect.plots import plot_stats
 
@@ -184,7 +184,7 @@ def inspect(
                 console.note(f"histograms written to {plot}")
             console.print_json(statistics) if as_json else report.print_stats(reader.strides, statistics)
         else:
-            summary = report.store_summary(reader, statistics)
+            summary = report.store_summary(reader)
             console.print_json(summary) if as_json else report.print_summary(summary)
     except LDCacheError as e:
         _fail(str(e))

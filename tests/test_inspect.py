@@ -13,7 +13,8 @@ from conftest import BIN, synthetic_attrs
 from ldcache.store.format import FLAG_MAIN, FORMAT_VERSION, MASK_DTYPE, STATUS_COMPLETE
 from ldcache.store.layout import block_row_starts
 from ldcache.store.writer import create_store
-from ldcache.inspect.stats import edge_entropy, store_statistics
+from ldcache.inspect.stats import store_statistics
+from ldcache.store.statistics import edge_entropy
 
 
 def _inspect(*args):
@@ -167,3 +168,19 @@ def test_stats_without_json_prints_the_statistics_computed_once(shapes_store, mo
     assert len(calls) == 1
     assert "edge entropy per row" in result.output and "median" in result.output
     assert "bytes on disk" not in result.output, "--stats shows the statistics, not the summary"
+
+
+def test_the_summary_reads_no_logits_and_agrees_with_a_full_pass(shapes_store, tmp_path):
+    copy = tmp_path / "no-logits"
+    shutil.copytree(shapes_store, copy)
+    shutil.rmtree(copy / "logits" / "c")  # every logits chunk gone: a summary must not need one
+    result = _inspect(copy, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    full = json.loads(_inspect(shapes_store, "--stats", "--json").stdout)
+    assert summary["rows_per_level"] == full["rows_per_level"] and sum(full["rows_per_level"]) > 0
+    assert summary["rows_per_level_and_region"] == full["rows_per_level_and_region"]
+    for a, b in zip(summary["mean_edge_entropy_per_level"], full["mean_edge_entropy"]):
+        assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9)
+    stored = zarr.open_group(str(shapes_store), mode="r").attrs["statistics"]
+    assert stored["entropy_histogram"] == full["entropy_histogram"]

@@ -22,12 +22,13 @@ from .. import console
 from ..digest import file_sha256
 from ..errors import BadInputError, StoreIncompleteError, StoreMismatchError
 from ..store.attrs import (DatasetAttrs, DumpSummary, HeadGeometry, LayoutAttrs, RegionAttrs, StoreAttrs,
-                           TeacherAttrs, ValuesAttrs, ViewAttrs)
+                           StoreStatistics, TeacherAttrs, ValuesAttrs, ViewAttrs)
 from ..store.codec import VALUE_CODECS
 from ..store.filesystem import store_bytes_on_disk, store_exists
 from ..store.format import FORMAT_VERSION, REGION_MODES, STATUS_COMPLETE, STATUS_CREATED, VLR_METRICS
 from ..store.layout import featmap_sizes
 from ..store.reader import open_store
+from ..store.statistics import statistics_from_sums
 from ..store.writer import write_status
 from .region_rows import RegionRowMaker
 from .regions_pass import run_regions_pass
@@ -149,7 +150,8 @@ def run_dump(opts: DumpOptions) -> DumpSummary | None:
     if not np.all(group["done"][:] == 1):
         raise StoreIncompleteError(f"{opts.out}: some blocks were not written; re-run with --resume")
     summary = _summary(group, attrs, scan, opts, time.perf_counter() - started)
-    write_status(group, attrs, STATUS_COMPLETE, summary=summary)
+    statistics = statistics_from_sums(group["block_stats"][:].sum(axis=0), attrs.head.reg_max + 1)
+    write_status(group, attrs, STATUS_COMPLETE, summary=summary, statistics=StoreStatistics.from_dict(statistics))
     return summary
 
 

@@ -18,6 +18,7 @@ from ..store.attrs import StoreAttrs
 from ..store.codec import ValueCodec
 from ..store.format import FLAG_MAIN, MASK_DTYPE
 from ..store.layout import block_rows, featmap_sizes
+from ..store.statistics import block_statistics
 from .fault import maybe_kill
 from .region_rows import gather_logits
 from .scan import ImageEntry
@@ -67,6 +68,7 @@ class _BlockBuffer:
 
     block: int
     start: int  # first row
+    records: range
     masks: np.ndarray  # MASK_DTYPE rows of the block
     values: np.ndarray  # [rows, num_values] float32
     records_left: int
@@ -77,7 +79,7 @@ def run_teacher_pass(model: torch.nn.Module, group: zarr.Group, attrs: StoreAttr
                      workers: int, show_progress: bool) -> None:
     """Forward this process's blocks of records through the teacher and write their logits."""
     ptr = group["ptr"][:]
-    masks, logits, done = group["masks"], group["logits"], group["done"]
+    masks, logits, done, block_stats = group["masks"], group["logits"], group["done"], group["block_stats"]
     img_shapes, pad_shapes = group["img_shape"][:], group["pad_shape"][:]
     codec, block_size, strides = attrs.value_codec(), attrs.layout.block_size, attrs.head.strides
 
@@ -88,10 +90,10 @@ def run_teacher_pass(model: torch.nn.Module, group: zarr.Group, attrs: StoreAttr
             done[block] = 1
 
     def open_block(block: int) -> _BlockBuffer:
-        start, end, _ = block_rows(ptr, block, block_size)
+        start, end, recs = block_rows(ptr, block, block_size)
         block_masks = np.ascontiguousarray(masks[start:end]).view(MASK_DTYPE).reshape(-1)
-        return _BlockBuffer(block, start, block_masks, np.zeros((end - start, codec.num_values), np.float32),
-                            len(with_rows[block]))
+        return _BlockBuffer(block, start, recs, block_masks,
+                            np.zeros((end - start, codec.num_values), np.float32), len(with_rows[block]))
 
     items = [(r, *records[r]) for b in my_blocks for r in with_rows[b]]
     # One loader for all of this rank's blocks: its workers start once and keep decoding across
@@ -125,7 +127,8 @@ def run_teacher_pass(model: torch.nn.Module, group: zarr.Group, attrs: StoreAttr
                         pending.result()
                         written += 1
                         maybe_kill("pass2", written)
-                    pending = writer.submit(_write_block, logits, done, buffer, codec, attrs.values.vlr_class_logits)
+                    pending = writer.submit(_write_block, logits, done, block_stats, ptr, buffer, codec,
+                                            attrs.values.vlr_class_logits)
                     buffer = None
             progress.advance(task, len(batch_records))
         if pending is not None:
@@ -133,11 +136,16 @@ def run_teacher_pass(model: torch.nn.Module, group: zarr.Group, attrs: StoreAttr
     writer.shutdown()
 
 
-def _write_block(logits, done, buffer: _BlockBuffer, codec: ValueCodec, vlr_class_logits: bool) -> None:
+def _write_block(logits, done, block_stats, ptr: np.ndarray, buffer: _BlockBuffer, codec: ValueCodec,
+                 vlr_class_logits: bool) -> None:
+    """Encode and write a block's rows, then its statistics, then its done flag."""
     values = buffer.values
     if not vlr_class_logits:
         # Class logits off the Main region only serve VLR KD; zeros cost nothing after Blosc.
         values[(buffer.masks["flags"] & FLAG_MAIN) == 0, 4 * codec.bins:] = 0
-    if len(values):
-        logits[buffer.start:buffer.start + len(values)] = codec.encode(values)
+    stored = codec.encode(values)
+    logits[buffer.start:buffer.start + len(values)] = stored
+    # Statistics of the values as stored, so that they agree with a pass over the store.
+    block_stats[buffer.block] = block_statistics(buffer.masks, codec.decode(stored), ptr, buffer.records,
+                                                 buffer.start, codec.bins)
     done[buffer.block] = 1  # written last: a block is done only once its rows are on disk

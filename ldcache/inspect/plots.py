@@ -10,7 +10,7 @@ from ..store.format import FLAG_MAIN, FLAG_VLR_OFFICIAL
 from ..store.reader import StoreReader
 from ..store.targets import LDTargets
 from .report import EDGES, location_report
-from .stats import edge_entropy
+from ..store.statistics import edge_entropy
 
 
 def _image_and_boxes(reader: StoreReader, record: int):

@@ -9,14 +9,16 @@ from ..store.filesystem import store_bytes_on_disk
 from ..store.format import FLAG_MAIN, REGION_FLAGS, VLR_METRICS
 from ..store.reader import StoreReader
 from ..store.targets import LDTargets
-from .stats import edge_entropy
+from ..store.statistics import edge_entropy
 
 EDGES = ("left", "top", "right", "bottom")
 
 
-def store_summary(reader: StoreReader, stats: dict) -> dict:
-    """What `ldcache inspect STORE` shows, as a dict (the --json output)."""
+def store_summary(reader: StoreReader) -> dict:
+    """What `ldcache inspect STORE` shows, as a dict (the --json output). It reads the statistics the
+    dump wrote into the attributes, never a chunk of the logits."""
     attrs = reader.attrs
+    stats = attrs.statistics.to_dict()
     disk = store_bytes_on_disk(reader.path)
     return {
         "store": str(reader.path), "format_version": attrs.ldcache_format, "status": attrs.status,

@@ -211,6 +211,26 @@ class DumpSummary(_Model):
 
 
 @dataclass(frozen=True)
+class RegionRows(_Model):
+    """Rows per level that belong to each region (a row can be in several)."""
+
+    main: tuple[int, ...]
+    vlr_official: tuple[int, ...]
+    vlr_diou: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StoreStatistics(_Model):
+    """Edge entropy and row counts of the whole store, summed block by block as the dump wrote them."""
+
+    entropy_bin_edges: tuple[float, ...]
+    entropy_histogram: tuple[tuple[int, ...], ...]  # [level][bin]: rows by their mean edge entropy
+    mean_edge_entropy: tuple[float | None, ...]  # per level, nats, None for a level without rows
+    rows_per_level: tuple[int, ...]
+    rows_per_level_and_region: RegionRows
+
+
+@dataclass(frozen=True)
 class StoreAttrs(_Model):
     """All attributes of a store's root group."""
 
@@ -225,6 +245,7 @@ class StoreAttrs(_Model):
     values: ValuesAttrs
     layout: LayoutAttrs
     summary: DumpSummary | None = None
+    statistics: StoreStatistics | None = None
 
     def __post_init__(self):
         _one_of(self.status, STATUSES, "status")

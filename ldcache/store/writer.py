@@ -20,6 +20,7 @@ from .attrs import StoreAttrs
 from .codec import ValueCodec
 from .format import MASK_DTYPE, STATUS_CREATED
 from .layout import num_blocks
+from .statistics import stats_width
 
 
 def blosc(typesize: int, shuffle: BloscShuffle = BloscShuffle.shuffle) -> BloscCodec:
@@ -54,8 +55,11 @@ def create_store(path: str | Path, attrs: StoreAttrs, ptr: np.ndarray, total_row
                        compressors=blosc(MASK_DTYPE.itemsize))
     group.create_array("logits", shape=(rows, codec.width), dtype=codec.storage_dtype,
                        chunks=(layout.chunk_rows, codec.width), compressors=logits_compressor(codec), fill_value=0)
-    group.create_array("done", shape=(num_blocks(ptr.shape[0], layout.block_size),), dtype="u1", chunks=(1,),
-                       fill_value=0)
+    blocks = num_blocks(ptr.shape[0], layout.block_size)
+    group.create_array("done", shape=(blocks,), dtype="u1", chunks=(1,), fill_value=0)
+    # One chunk per block, so that each block's writer owns its statistics' chunk too.
+    group.create_array("block_stats", shape=(blocks, ptr.shape[1] - 1, stats_width()), dtype="f8",
+                       chunks=(1, ptr.shape[1] - 1, stats_width()), fill_value=0)
     return group
 
 

@@ -1,0 +1,86 @@
+"""Dataset-wide statistics of a store's rows: edge entropy and row counts per level and region.
+
+The dump sums them block by block as it writes (`block_stats`) and keeps the total in the
+store's attributes, so a summary reads no logits. `ldcache inspect --stats` computes the same
+sums again from the stored chunks.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .format import MASK_DTYPE, REGION_FLAGS
+
+ENTROPY_BINS = 40
+
+
+def edge_entropy(reg_logits: np.ndarray, tau: float = 1.0) -> np.ndarray:
+    """Entropy (nats) of softmax(logits / tau) of each edge: [..., bins] -> [...]."""
+    z = reg_logits.astype(np.float64) / tau
+    z -= z.max(axis=-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=-1, keepdims=True)
+    return -(p * np.log(np.clip(p, 1e-30, None))).sum(axis=-1)
+
+
+def entropy_bin_edges(bins: int) -> np.ndarray:
+    """Edges of the entropy histogram: 0 to the largest entropy of `bins` bins, log(bins)."""
+    return np.linspace(0.0, np.log(bins), ENTROPY_BINS + 1)
+
+
+def stats_width() -> int:
+    """Columns of one level's partial sums: the histogram, entropy sum and rows, region rows."""
+    return ENTROPY_BINS + 2 + len(REGION_FLAGS)
+
+
+def row_levels(ptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Level of each absolute row index, or -1 for the padding rows between blocks."""
+    num_levels = ptr.shape[1] - 1
+    starts, ends = ptr[:, :-1].ravel(), ptr[:, 1:].ravel()
+    k = np.searchsorted(starts, rows, side="right") - 1
+    inside = (k >= 0) & (rows < ends[np.clip(k, 0, None)])
+    return np.where(inside, k % num_levels, -1)
+
+
+def partial_statistics(flags: np.ndarray, values: np.ndarray, levels: np.ndarray, num_levels: int,
+                       bins: int) -> np.ndarray:
+    """[L, stats_width()] sums over some rows: flags [R], decoded values [R, 4 * bins + C] and the
+    level of each row [R] (-1: not a row). Partial sums of disjoint rows add up."""
+    edges = entropy_bin_edges(bins)
+    entropy = edge_entropy(values[:, :4 * bins].reshape(len(values), 4, bins)).mean(axis=1)
+    out = np.zeros((num_levels, stats_width()))
+    for level in range(num_levels):
+        sel = levels == level
+        out[level, :ENTROPY_BINS] = np.histogram(entropy[sel], bins=edges)[0]
+        out[level, ENTROPY_BINS:ENTROPY_BINS + 2] = entropy[sel].sum(), sel.sum()
+        out[level, ENTROPY_BINS + 2:] = [(flags[sel] & bit > 0).sum() for bit in REGION_FLAGS.values()]
+    return out
+
+
+def block_statistics(masks: np.ndarray, values: np.ndarray, ptr: np.ndarray, records: range, start: int,
+                     bins: int) -> np.ndarray:
+    """Partial sums of one block's rows: MASK_DTYPE rows and their decoded values from row `start`."""
+    levels = np.full(len(masks), -1)
+    for r in records:
+        for level in range(ptr.shape[1] - 1):
+            levels[ptr[r, level] - start:ptr[r, level + 1] - start] = level
+    return partial_statistics(masks["flags"], values, levels, ptr.shape[1] - 1, bins)
+
+
+def statistics_from_sums(total: np.ndarray, bins: int) -> dict:
+    """The statistics of a whole store from its summed partials [L, stats_width()]."""
+    hist = total[:, :ENTROPY_BINS]
+    sums = total[:, ENTROPY_BINS:ENTROPY_BINS + 2]
+    regions = total[:, ENTROPY_BINS + 2:]
+    return {
+        "entropy_bin_edges": entropy_bin_edges(bins).tolist(),
+        "entropy_histogram": hist.astype(int).tolist(),
+        "mean_edge_entropy": [float(s / n) if n else None for s, n in sums],
+        "rows_per_level": sums[:, 1].astype(int).tolist(),
+        "rows_per_level_and_region": {name: regions[:, i].astype(int).tolist()
+                                      for i, name in enumerate(REGION_FLAGS)},
+    }
+
+
+def mask_flags(mask_bytes: np.ndarray) -> np.ndarray:
+    """The flags of [R, MASK_DTYPE.itemsize] uint8 mask rows."""
+    return np.ascontiguousarray(mask_bytes).view(MASK_DTYPE).reshape(-1)["flags"]
