@@ -214,3 +214,13 @@ def test_a_store_of_another_atss_topk_is_refused(shapes_store):
         else:
             with pytest.raises(LDCacheError, match="topk 7 .* topk 9"):
                 check_store_fits(reader, None, ids, head)
+
+
+def test_positives_without_a_teacher_row_are_refused(shapes_store, random_teacher, shapes_root):
+    """A student whose assignment differs from the store's (here ATSS topk 30 against 9) finds
+    positives the store has no row for: the step says so instead of training on missing targets."""
+    cfg = _cached_cfg(shapes_store)
+    cfg.model.train_cfg.assigner.topk = 30
+    student, _, batch = _models_and_batch(cfg, random_teacher)
+    with pytest.raises(LDCacheError, match="had no cached teacher row"):
+        student.loss(batch["inputs"], batch["data_samples"])

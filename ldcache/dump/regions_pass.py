@@ -20,6 +20,7 @@ from ..store.format import MASK_DTYPE, STATUS_MASKS
 from ..store.layout import block_row_starts, block_rows
 from ..store.writer import create_store, write_status
 from .fault import kill_point, maybe_kill
+from .ranks import Ranks
 from .region_rows import RegionRowMaker
 from .scan import ImageEntry
 from .views import View, boxes_in_view, view_geometry
@@ -37,25 +38,35 @@ def staging_root(out: str | Path) -> str:
     return f"{str(out).rstrip('/')}.pass1"
 
 
+def _staged_file(staging: str, block: int, what: str) -> tuple:
+    return store_filesystem(f"{staging}/block-{block}.{what}.npy")
+
+
 def _stage_block_rows(maker: RegionRowMaker, records: list[tuple[ImageEntry, View]], staging: str,
-                      block: int) -> np.ndarray:
-    """Compute a block's region rows once, stage them, and return the per-record, per-level counts
-    that the layout needs."""
+                      block: int) -> None:
+    """Compute a block's region rows once and stage them with their per-record, per-level counts
+    (the layout needs the counts of every block; the rows are written once it is known)."""
     torch.set_num_threads(1)
     per_record = [record_rows(maker, e, v) for e, v in records]
     rows = np.concatenate([r for levels in per_record for r in levels]) if per_record else np.zeros(0, MASK_DTYPE)
-    fs, root = store_filesystem(f"{staging}/block-{block}.npy")
-    with fs.open(root, "wb") as f:
-        np.save(f, rows)
+    counts = np.array([[len(r) for r in levels] for levels in per_record], dtype=np.int64)
+    for what, array in (("rows", rows), ("counts", counts)):
+        fs, path = _staged_file(staging, block, what)
+        with fs.open(path, "wb") as f:
+            np.save(f, array)
     if kill_point("pass1") is not None:
-        maybe_kill("pass1", len(fs.ls(staging)))
-    return np.array([[len(r) for r in levels] for levels in per_record], dtype=np.int64)
+        fs, root = store_filesystem(staging)
+        maybe_kill("pass1", len(fs.glob(f"{root}/*.counts.npy")))
+
+
+def _load_staged(staging: str, block: int, what: str) -> np.ndarray:
+    fs, path = _staged_file(staging, block, what)
+    with fs.open(path, "rb") as f:
+        return np.load(f)
 
 
 def _write_block_masks(staging: str, block: int, store: str, start: int, end: int) -> None:
-    fs, root = store_filesystem(f"{staging}/block-{block}.npy")
-    with fs.open(root, "rb") as f:
-        rows = np.load(f)
+    rows = _load_staged(staging, block, "rows")
     if len(rows) != end - start:
         raise StoreFormatError(f"pass 1: the staged rows of block {block} ({len(rows)}) do not fit its place in "
                                f"the layout ({end - start} rows); delete {store} and dump again")
@@ -66,33 +77,43 @@ def _write_block_masks(staging: str, block: int, store: str, start: int, end: in
 
 
 def run_regions_pass(maker: RegionRowMaker, records: list[tuple[ImageEntry, View]], out: str | Path,
-                     attrs: StoreAttrs, small_arrays: dict, dask_scheduler: str | None) -> zarr.Group:
-    """Pass 1: regions of every block, computed once and staged; then the store layout from their
-    row counts, and the staged rows written in place. Returns the new store, status 'masks-written'."""
+                     attrs: StoreAttrs, small_arrays: dict, dask_scheduler: str | None, ranks: Ranks) -> None:
+    """Pass 1: every process computes the regions of its own blocks once and stages them; the first
+    lays the store out from all blocks' row counts; each writes its own blocks' masks in place.
+    The store is left with status 'masks-written'. No process waits at a barrier for more than
+    its share of blocks takes the slowest one."""
     import dask
 
     block_size = attrs.layout.block_size
     blocks = [records[i:i + block_size] for i in range(0, len(records), block_size)]
+    mine = ranks.own(len(blocks))
     staging = staging_root(out)
-    fs, staging_path = store_filesystem(staging)
-    if fs.exists(staging_path):
-        fs.rm(staging_path, recursive=True)  # left by a dump killed in pass 1
-    fs.makedirs(staging_path, exist_ok=True)
+    fs, path = store_filesystem(staging)
+    if ranks.is_first:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)  # left by a dump killed in pass 1
+        fs.makedirs(path, exist_ok=True)
+    ranks.barrier()
     with _dask_scheduler(dask_scheduler) as scheduler:
-        with console.spinner(f"pass 1/2: regions from annotations ({_describe(scheduler)})"):
-            counts = dask.compute(*[dask.delayed(_stage_block_rows)(maker, b, staging, i)
-                                    for i, b in enumerate(blocks)], scheduler=scheduler)
-        ptr, total = block_row_starts(np.concatenate(counts), block_size, attrs.layout.chunk_rows)
-        group = create_store(out, attrs, ptr, total, small_arrays)
-        tasks = []
-        for b in range(len(blocks)):
-            start, end, _ = block_rows(ptr, b, block_size)
-            tasks.append(dask.delayed(_write_block_masks)(staging, b, str(out), start, end))
-        with console.spinner("pass 1/2: writing region masks"):
+        with console.spinner(f"pass 1/2: regions of {len(mine)} of {len(blocks)} blocks from annotations "
+                             f"({ranks.describe()}{_describe(scheduler)})"):
+            dask.compute(*[dask.delayed(_stage_block_rows)(maker, blocks[b], staging, b) for b in mine],
+                         scheduler=scheduler)
+        ranks.barrier()
+        if ranks.is_first:
+            counts = np.concatenate([_load_staged(staging, b, "counts") for b in range(len(blocks))])
+            ptr, total = block_row_starts(counts, block_size, attrs.layout.chunk_rows)
+            create_store(out, attrs, ptr, total, small_arrays)
+        ranks.barrier()
+        ptr = zarr.open_group(str(out), mode="r")["ptr"][:]
+        tasks = [dask.delayed(_write_block_masks)(staging, b, str(out), *block_rows(ptr, b, block_size)[:2])
+                 for b in mine]
+        with console.spinner(f"pass 1/2: writing region masks ({ranks.describe()}{len(mine)} blocks)"):
             dask.compute(*tasks, scheduler=scheduler)
-    fs.rm(staging_path, recursive=True)
-    write_status(group, attrs, STATUS_MASKS)
-    return group
+    ranks.barrier()
+    if ranks.is_first:
+        fs.rm(path, recursive=True)
+        write_status(zarr.open_group(str(out), mode="r+"), attrs, STATUS_MASKS)
 
 
 @contextmanager

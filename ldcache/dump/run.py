@@ -2,8 +2,9 @@
 
 Pass 1 (no teacher, dask): regions from the annotations, row counts, store layout, masks.
 Pass 2 (teacher): per block of records, forward the views and write the logits at the stored
-rows, then mark the block done. Under torchrun, rank 0 does pass 1 and blocks go round-robin to
-ranks; the layout never depends on the number of processes.
+rows, then mark the block done. Under torchrun, the blocks of both passes go round-robin to the
+ranks (rank 0 alone lays the store out between them); the layout never depends on the number of
+processes.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from .. import console
 from ..digest import file_sha256
@@ -31,6 +31,7 @@ from ..store.reader import open_store
 from ..store.statistics import statistics_from_sums
 from ..store.writer import write_status
 from .region_rows import RegionRowMaker
+from .ranks import Ranks
 from .regions_pass import run_regions_pass
 from .scan import DatasetScan, scan_dataset
 from .teacher import assigner_topk, build_teacher, config_classes, load_config
@@ -93,19 +94,6 @@ def _fingerprint(opts: DumpOptions, hashes: dict, topk: int) -> str:
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
 
 
-def _dist_info() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def _resolve_device(device: str) -> str:
     if device == "auto":
         if torch.cuda.is_available():
@@ -121,7 +109,7 @@ def run_dump(opts: DumpOptions) -> DumpSummary | None:
     """Run both passes; returns the summary on rank 0 (None on other ranks)."""
     started = time.perf_counter()
     opts.check()
-    rank, world = _dist_info()
+    ranks = Ranks.from_env()
     device = _resolve_device(opts.device)
     cfg = load_config(opts.teacher_config)
     model = build_teacher(cfg, opts.checkpoint, device)  # a checkpoint that does not fit fails here
@@ -135,17 +123,19 @@ def run_dump(opts: DumpOptions) -> DumpSummary | None:
     maker = RegionRowMaker(model.bbox_head.prior_generator, geometry.strides, opts.region, opts.gamma,
                            topk, tuple(opts.vlr_metrics))
 
-    if rank == 0:
-        attrs = _new_attrs(opts, _input_hashes(opts), scan, geometry, topk)
-        _prepare_store(opts, attrs, scan, records, maker)
-    _barrier()
+    attrs = _new_attrs(opts, _input_hashes(opts), scan, geometry, topk)
+    # Every process reads the same store state here, before pass 1 writes anything: they agree.
+    if _needs_regions_pass(opts, attrs, ranks):
+        run_regions_pass(maker, records, opts.out, attrs, _small_arrays(scan, records), opts.dask_scheduler,
+                         ranks)
+    ranks.barrier()
     group, attrs = open_store(opts.out, require_complete=False, mode="r+")
     done = group["done"][:]
     if attrs.status != STATUS_COMPLETE:
-        todo = [b for b in range(len(done)) if b % world == rank and not done[b]]
-        run_teacher_pass(model, group, attrs, records, todo, opts.batch_size, opts.workers, rank == 0)
-    _barrier()
-    if rank != 0:
+        todo = [b for b in ranks.own(len(done)) if not done[b]]
+        run_teacher_pass(model, group, attrs, records, todo, opts.batch_size, opts.workers, ranks.is_first)
+    ranks.barrier()
+    if not ranks.is_first:
         return None
     if not np.all(group["done"][:] == 1):
         raise StoreIncompleteError(f"{opts.out}: some blocks were not written; re-run with --resume")
@@ -167,22 +157,23 @@ def _new_attrs(opts: DumpOptions, hashes: dict, scan: DatasetScan, geometry: Hea
         layout=LayoutAttrs(opts.block_size, opts.chunk_rows, len(scan.images), len(opts.views)))
 
 
-def _prepare_store(opts: DumpOptions, attrs: StoreAttrs, scan: DatasetScan, records: list,
-                   maker: RegionRowMaker) -> None:
-    """Check an existing store for --resume, or run pass 1 into a new one."""
+def _needs_regions_pass(opts: DumpOptions, attrs: StoreAttrs, ranks: Ranks) -> bool:
+    """Whether pass 1 must run: a new store, or one killed before its masks were written. An
+    existing store without --resume, or one made by another command, is refused."""
     out = opts.out
-    if store_exists(out):
-        if not opts.resume:
-            raise BadInputError(f"{out} already exists; add --resume to finish or reuse it, or choose "
-                                "another --out")
-        _, stored = open_store(out, require_complete=False)
-        if stored.fingerprint != attrs.fingerprint:
-            raise StoreMismatchError(f"{out} was dumped with another teacher, checkpoint, annotation file, image "
-                                     "folder or options than this command; --resume needs the very same command")
-        if stored.status != STATUS_CREATED:
-            return  # masks are in place; pass 2 picks up the blocks not done
+    if not store_exists(out):
+        return True
+    if not opts.resume:
+        raise BadInputError(f"{out} already exists; add --resume to finish or reuse it, or choose another --out")
+    _, stored = open_store(out, require_complete=False)
+    if stored.fingerprint != attrs.fingerprint:
+        raise StoreMismatchError(f"{out} was dumped with another teacher, checkpoint, annotation file, image "
+                                 "folder or options than this command; --resume needs the very same command")
+    if stored.status != STATUS_CREATED:
+        return False  # masks are in place; pass 2 picks up the blocks not done
+    if ranks.is_first:
         console.note("resuming: pass 1 had not finished, redoing it")
-    run_regions_pass(maker, records, out, attrs, _small_arrays(scan, records), opts.dask_scheduler)
+    return True
 
 
 def _small_arrays(scan: DatasetScan, records: list) -> dict[str, np.ndarray]:

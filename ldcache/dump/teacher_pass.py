@@ -1,10 +1,11 @@
 """Pass 2 of the dump: the teacher's logits at the rows pass 1 laid out, block by block.
 
-A writer thread encodes and writes each finished block while the teacher runs the next one; a
-block's `done` flag is written after its rows.
+Writer threads encode, compress and write each finished block while the teacher runs the next
+ones; a block's `done` flag is written after its rows.
 """
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from .region_rows import gather_logits
 from .scan import ImageEntry
 from .teacher import teacher_outputs
 from .views import View
+
+WRITERS_WITH_GPU = 4
 
 
 class ViewDataset(torch.utils.data.Dataset):
@@ -100,8 +103,11 @@ def run_teacher_pass(model: torch.nn.Module, group: zarr.Group, attrs: StoreAttr
     # block ends (a loader per block paid the workers' start-up on every block).
     loader = torch.utils.data.DataLoader(ViewDataset(items), batch_size=batch_size,
                                          num_workers=workers, collate_fn=_collate)
-    writer = ThreadPoolExecutor(max_workers=1)  # writing overlaps the next block's forward passes
-    pending, buffer = None, None
+    # Writing overlaps the next blocks' forward passes. A GPU teacher outpaces one writer thread
+    # (Blosc and numpy release the GIL); on a CPU the teacher needs the cores.
+    writers = WRITERS_WITH_GPU if next(model.parameters()).is_cuda else 1
+    writer = ThreadPoolExecutor(max_workers=writers)
+    pending, buffer = deque(), None
     written = 0
     with console.progress(show_progress) as progress:
         task = progress.add_task("pass 2/2: teacher", total=len(items))
@@ -123,16 +129,16 @@ def run_teacher_pass(model: torch.nn.Module, group: zarr.Group, attrs: StoreAttr
                     gather_logits(cls_scores, bbox_preds, i, levels, grid).cpu().numpy())
                 buffer.records_left -= 1
                 if buffer.records_left == 0:
-                    if pending is not None:
-                        pending.result()
+                    if len(pending) == writers:
+                        pending.popleft().result()
                         written += 1
                         maybe_kill("pass2", written)
-                    pending = writer.submit(_write_block, logits, done, block_stats, ptr, buffer, codec,
-                                            attrs.values.vlr_class_logits)
+                    pending.append(writer.submit(_write_block, logits, done, block_stats, ptr, buffer, codec,
+                                                 attrs.values.vlr_class_logits))
                     buffer = None
             progress.advance(task, len(batch_records))
-        if pending is not None:
-            pending.result()
+        while pending:
+            pending.popleft().result()
     writer.shutdown()
 
 

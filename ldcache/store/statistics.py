@@ -14,12 +14,15 @@ ENTROPY_BINS = 40
 
 
 def edge_entropy(reg_logits: np.ndarray, tau: float = 1.0) -> np.ndarray:
-    """Entropy (nats) of softmax(logits / tau) of each edge: [..., bins] -> [...]."""
-    z = reg_logits.astype(np.float64) / tau
+    """Entropy (nats) of softmax(logits / tau) of each edge: [..., bins] -> [...], float32.
+
+    H = log(sum e^z) - sum(e^z z) / sum e^z with z shifted by its max: one exp per bin and one log
+    per edge (the dump computes it for every row it writes)."""
+    z = reg_logits.astype(np.float32) / np.float32(tau)
     z -= z.max(axis=-1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=-1, keepdims=True)
-    return -(p * np.log(np.clip(p, 1e-30, None))).sum(axis=-1)
+    e = np.exp(z)
+    total = e.sum(axis=-1)
+    return np.log(total) - (e * z).sum(axis=-1) / total
 
 
 def entropy_bin_edges(bins: int) -> np.ndarray:
@@ -46,7 +49,7 @@ def partial_statistics(flags: np.ndarray, values: np.ndarray, levels: np.ndarray
     """[L, stats_width()] sums over some rows: flags [R], decoded values [R, 4 * bins + C] and the
     level of each row [R] (-1: not a row). Partial sums of disjoint rows add up."""
     edges = entropy_bin_edges(bins)
-    entropy = edge_entropy(values[:, :4 * bins].reshape(len(values), 4, bins)).mean(axis=1)
+    entropy = edge_entropy(values[:, :4 * bins].reshape(len(values), 4, bins)).mean(axis=1, dtype=np.float64)
     out = np.zeros((num_levels, stats_width()))
     for level in range(num_levels):
         sel = levels == level

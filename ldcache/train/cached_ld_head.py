@@ -1,6 +1,8 @@
 """CachedLDHead: mmdet's GFLHead plus the four LD terms, with teacher targets from the batch."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from mmdet.models.dense_heads import GFLHead
@@ -69,6 +71,8 @@ class CachedLDHead(GFLHead):
             ("loss_kd_vlr", loss_kd_vlr))}
         self.vlr_gamma, self.vlr_metric, self.normalize, self.use_dfl = vlr_gamma, vlr_metric, normalize, use_dfl
         self._targets = None
+        self._rows_missing: list[torch.Tensor] = []
+        self._missing_counts: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
 
     def get_targets(self, *args, **kwargs):
         # Keep the ATSS assignment of this step for the LD terms: computing it once saves a
@@ -84,13 +88,15 @@ class CachedLDHead(GFLHead):
             losses.pop("loss_dfl")
         _, labels_list, label_weights_list, *_ = self._targets
         self._targets = None
-        targets = [self._targets_of(meta) for meta in batch_img_metas]
+        rows = self._batch_rows([self._targets_of(meta) for meta in batch_img_metas],
+                                [tuple(c.shape[-2:]) for c in cls_scores], cls_scores[0].device)
         per_level = [self._ld_terms(level, cls_scores[level], bbox_preds[level], labels_list[level],
-                                    label_weights_list[level], targets)
+                                    label_weights_list[level], rows)
                      for level in range(len(cls_scores))]
         for name, loss in self.ld_losses.items():
             if loss is not None:
                 losses[name] = [terms[name] for terms in per_level]
+        self._check_missing_rows()
         return losses
 
     @staticmethod
@@ -101,81 +107,107 @@ class CachedLDHead(GFLHead):
                                 "pipeline, or train online with OnlineLDGFL")
         return meta["ld_targets"]
 
-    def _ld_terms(self, level, cls_score, bbox_pred, labels, label_weights, targets) -> dict:
-        """The switched-on LD/KD terms of one level: {name: loss}."""
-        batch, _, height, width = cls_score.shape
-        device = cls_score.device
-        bins = self.reg_max + 1
-        student_cls = cls_score.permute(0, 2, 3, 1).reshape(-1, self.cls_out_channels)
-        student_reg = bbox_pred.permute(0, 2, 3, 1).reshape(-1, 4 * bins)
-        index, values, ratio, weight = self._batch_rows(targets, level, height, width, device)
-        teacher_reg, teacher_cls = values[:, :4 * bins], values[:, 4 * bins:]
+    def _ld_terms(self, level: int, cls_score, bbox_pred, labels, label_weights, rows: _BatchRows) -> dict:
+        """The switched-on LD/KD terms of one level: {name: loss}.
 
+        Every term runs over all teacher rows of the level, with the rows outside its region
+        weighted 0, so that no step waits for the GPU to count a region's rows."""
+        bins = self.reg_max + 1
+        lo, hi = rows.level_bounds[level]
+        index, values = rows.index[lo:hi], rows.values[lo:hi]
         labels, label_weights = labels.reshape(-1), label_weights.reshape(-1)
-        pos = ((labels >= 0) & (labels < self.num_classes)).nonzero().squeeze(1)
-        row_at = torch.full((batch * height * width,), -1, dtype=torch.long, device=device)
-        row_at[index] = torch.arange(len(index), device=device)
-        pos_rows = row_at[pos]
-        if (pos_rows < 0).any():
-            raise StoreMismatchError(
-                f"level {level}: {int((pos_rows < 0).sum())} ATSS positive location(s) of the student have no "
-                "cached teacher row. The store's regions do not match this student's assignment "
-                "(anchors, topk or GT boxes differ), or the store was dumped with --region distill "
-                "for another dataset; re-dump for this config")
-        vlr_rows = (ratio >= self.vlr_gamma).nonzero().squeeze(1)
+        positive = (labels >= 0) & (labels < self.num_classes)
+        positive_row = positive[index].float()
+        num_positives = positive.sum()
+        # A positive of the student without a teacher row means a store that does not fit. It is
+        # counted on the device and checked once the count has arrived (see _check_missing_rows).
+        self._rows_missing.append(num_positives - positive_row.sum())
+        if hi == lo:
+            zero = bbox_pred.sum() * 0
+            return {name: zero for name, loss in self.ld_losses.items() if loss is not None}
+        student_cls = cls_score.permute(0, 2, 3, 1).reshape(-1, self.cls_out_channels)[index]
+        student_reg = bbox_pred.permute(0, 2, 3, 1).reshape(-1, 4 * bins)[index].reshape(-1, bins)
+        teacher_reg, teacher_cls = values[:, :4 * bins].reshape(-1, bins), values[:, 4 * bins:]
+
+        vlr_row = (rows.ratio[lo:hi] >= self.vlr_gamma).float()
         # Main LD weighs each edge by the student's own confidence, VLR LD by the row's IoU weight.
-        main_score = cls_score.detach().sigmoid().permute(0, 2, 3, 1).reshape(-1, self.cls_out_channels)
-        regions = {
-            "main": (pos, pos_rows, main_score.max(dim=1).values[pos]),
-            "vlr": (index[vlr_rows], vlr_rows, weight[vlr_rows]),
-        }
+        confidence = cls_score.detach().sigmoid().permute(0, 2, 3, 1).reshape(-1, self.cls_out_channels)[index]
+        regions = {"main": (positive_row, positive_row * confidence.max(dim=1).values, num_positives),
+                   "vlr": (vlr_row, vlr_row * rows.weight[lo:hi], vlr_row.sum())}
         terms = {}
         for name, region, kind in (("loss_ld", "main", "edges"), ("loss_ld_vlr", "vlr", "edges"),
                                    ("loss_kd", "main", "classes"), ("loss_kd_vlr", "vlr", "classes")):
             loss = self.ld_losses[name]
             if loss is None:
                 continue
-            locations, rows, row_weight = regions[region]
+            member, ld_weight, count = regions[region]
             if kind == "edges":
-                terms[name] = self._kl_term(name, loss, student_reg[locations].reshape(-1, bins),
-                                            teacher_reg[rows].reshape(-1, bins),
-                                            row_weight[:, None].expand(-1, 4).reshape(-1), len(rows), bbox_pred)
+                avg = OFFICIAL_LD_AVG[name] if self.normalize == "official" else 4.0 * count
+                terms[name] = loss(student_reg, teacher_reg, weight=ld_weight[:, None].expand(-1, 4).reshape(-1),
+                                   avg_factor=avg)
             else:
-                terms[name] = self._kl_term(name, loss, student_cls[locations], teacher_cls[rows],
-                                            label_weights[locations], len(rows), bbox_pred)
+                terms[name] = loss(student_cls, teacher_cls, weight=member * label_weights[index], avg_factor=count)
         return terms
 
-    def _kl_term(self, name: str, loss, student: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor,
-                 rows: int, anchor: torch.Tensor) -> torch.Tensor:
-        """One KL term over `rows` rows; zero (still in the graph of `anchor`) when there are none.
-
-        KD terms average over the rows; LD terms divide as `normalize` says."""
-        if rows == 0:
-            return anchor.sum() * 0
-        if name in OFFICIAL_LD_AVG:
-            avg = OFFICIAL_LD_AVG[name] if self.normalize == "official" else 4.0 * rows
+    def _check_missing_rows(self) -> None:
+        """Refuse a store whose rows miss positives of the student. On a GPU the count is copied to
+        the host without waiting and checked at a later step, once it has arrived."""
+        missing = torch.stack(self._rows_missing).sum()
+        self._rows_missing = []
+        if missing.device.type == "cuda":
+            host = torch.empty((), dtype=missing.dtype, pin_memory=True)
+            host.copy_(missing, non_blocking=True)
+            arrived = torch.cuda.Event()
+            arrived.record()
+            self._missing_counts.append((host, arrived))
         else:
-            avg = rows
-        return loss(student, teacher, weight=weight, avg_factor=avg)
+            self._missing_counts.append((missing, None))
+        while self._missing_counts and (self._missing_counts[0][1] is None or self._missing_counts[0][1].query()):
+            count = int(self._missing_counts.pop(0)[0])
+            if count > 0:
+                raise StoreMismatchError(
+                    f"{count} ATSS positive location(s) of the student had no cached teacher row. The store's "
+                    "regions do not match this student's assignment (anchors, topk or GT boxes differ), or the "
+                    "store was dumped with --region distill for another dataset; re-dump for this config")
 
-    def _batch_rows(self, targets, level, height, width, device):
-        """Rows of one level for the whole batch: flat index into the batch's (B, H, W) grid,
-        teacher values, VLR ratio and weight of the configured metric."""
+    def _batch_rows(self, targets: list, grids: list[tuple[int, int]], device) -> _BatchRows:
+        """The teacher rows of the whole batch, level after level, moved to `device` at once: flat
+        index into each level's (B, H, W) grid, values, VLR ratio and weight of the configured metric."""
         metric = VLR_METRICS.index(self.vlr_metric)
-        index, values, ratio, weight = [], [], [], []
-        for i, t in enumerate(targets):
-            rows = t.level(level)
-            grid_w = int(t.grid[level][1])
-            loc = _tensor(rows.loc, np.int64, device)
-            index.append(i * height * width + (loc // grid_w) * width + loc % grid_w)
-            lo, hi = int(t.level_ptr[level]), int(t.level_ptr[level + 1])
-            values.append(torch.as_tensor(t.values[lo:hi], device=device).float())
-            ratio.append(_tensor(rows.vlr_ratio[:, metric], np.float32, device))
-            weight.append(_tensor(rows.vlr_weight[:, metric], np.float32, device))
-        return torch.cat(index), torch.cat(values), torch.cat(ratio), torch.cat(weight)
+        index, values, ratio, weight, bounds = [], [], [], [], []
+        for level, (height, width) in enumerate(grids):
+            first = sum(len(i) for i in index)
+            for i, t in enumerate(targets):
+                lo, hi = int(t.level_ptr[level]), int(t.level_ptr[level + 1])
+                masks = t.masks[lo:hi]
+                grid_w = int(t.grid[level][1])
+                loc = masks["loc"].astype(np.int64)
+                index.append(i * height * width + (loc // grid_w) * width + loc % grid_w)
+                values.append(t.values[lo:hi])
+                ratio.append(masks["vlr_ratio"][:, metric])
+                weight.append(masks["vlr_weight"][:, metric])
+            bounds.append((first, sum(len(i) for i in index)))
+        return _BatchRows(_to_device(index, np.int64, device), _to_device(values, np.float32, device),
+                          _to_device(ratio, np.float32, device), _to_device(weight, np.float32, device), bounds)
 
 
-def _tensor(field: np.ndarray, dtype, device) -> torch.Tensor:
-    # Fields of packed mask rows are views with odd strides (a 1-row view even passes as
-    # contiguous): always copy into a fresh array before handing it to torch.
-    return torch.from_numpy(np.array(field, dtype=dtype, order="C", copy=True)).to(device)
+@dataclass
+class _BatchRows:
+    """A batch's teacher rows on the device, level-major: level l owns rows level_bounds[l]."""
+
+    index: torch.Tensor  # int64 [R]: flat index into the level's (B, H, W) grid
+    values: torch.Tensor  # float32 [R, 4 * bins + C]
+    ratio: torch.Tensor  # float32 [R]
+    weight: torch.Tensor  # float32 [R]
+    level_bounds: list[tuple[int, int]]
+
+
+def _to_device(parts: list, dtype, device) -> torch.Tensor:
+    """One tensor on `device` from host arrays (one copy, from pinned memory on a GPU, so that it
+    does not wait for the GPU) or from tensors a live teacher made there."""
+    if parts and isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts).to(device=device, dtype=getattr(torch, np.dtype(dtype).name))
+    host = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts), dtype=dtype))
+    if torch.device(device).type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
