@@ -2,19 +2,30 @@
 logits there. Used by the dump (pass 1 and 2) and by online LD, so both hold the same rows."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 
-from ..store.format import FLAG_MAIN, FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL, MASK_DTYPE, VLR_METRICS
+from ..store.format import FLAG_MAIN, MASK_DTYPE, REGION_FLAGS, VLR_METRICS
 from ..store.layout import featmap_sizes
 from .regions import compute_regions
+
+
+# A dump sees few distinct pad shapes, and both views of an image share one. At module level
+# (lru_cache is thread-safe), not on the maker: dask's local threads share one maker, and
+# dask.distributed pickles it to its workers.
+@lru_cache(maxsize=16)
+def _grid_anchors(generator, sizes: tuple[tuple[int, int], ...]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    per_level = generator.grid_priors(list(sizes), device="cpu")
+    return torch.cat(per_level), tuple(a.shape[0] for a in per_level)
 
 
 class RegionRowMaker:
     """Rows to store for an image-view: region data of every kept anchor, level by level.
 
     Uses the teacher head's own anchor generator (mmdet's), on the per-image grid of valid
-    anchors, as mmdet's ATSS assignment sees it.
+    anchors, as mmdet's ATSS assignment sees it (made once for the last few pad shapes).
     """
 
     def __init__(self, prior_generator, strides: list[int], region: str = "distill",
@@ -23,34 +34,31 @@ class RegionRowMaker:
         self.strides = strides
         self.region, self.gamma, self.topk = region, gamma, topk
         # A metric left out gets no flag, ratio or weight: its VLR is simply not in the store.
-        self.metric_on = torch.tensor([m in vlr_metrics for m in VLR_METRICS])
+        self.metric_on = np.array([m in vlr_metrics for m in VLR_METRICS])
+        self.metric_flags = np.array([REGION_FLAGS[f"vlr_{m}"] * (m in vlr_metrics) for m in VLR_METRICS], np.uint8)
+
+    def anchors(self, pad_shape: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """All anchors [A, 4] of an image of this pad shape, levels concatenated (not to be
+        modified: they are shared), and their count per level."""
+        return _grid_anchors(self.generator, tuple(featmap_sizes(pad_shape, self.strides)))
 
     def rows(self, boxes: torch.Tensor, pad_shape: tuple[int, int]) -> list[np.ndarray]:
         """Per level, the MASK_DTYPE rows for GT `boxes` (xyxy, in view coordinates)."""
-        sizes = featmap_sizes(pad_shape, self.strides)
-        anchors = self.generator.grid_priors(sizes, device="cpu")
-        counts = [a.shape[0] for a in anchors]
-        regions = compute_regions(torch.cat(anchors), counts, boxes.cpu().float(),
-                                  gamma=self.gamma, topk=self.topk)
-        vlr = regions.vlr(self.gamma) & self.metric_on
-        vlr_ratio = regions.vlr_ratio * self.metric_on
-        vlr_weight = regions.vlr_weight * self.metric_on
-        flags = (regions.main.to(torch.uint8) * FLAG_MAIN
-                 + vlr[:, VLR_METRICS.index("official")].to(torch.uint8) * FLAG_VLR_OFFICIAL
-                 + vlr[:, VLR_METRICS.index("diou")].to(torch.uint8) * FLAG_VLR_DIOU)
-        keep = flags > 0 if self.region == "distill" else torch.ones_like(flags, dtype=torch.bool)
-        out, start = [], 0
-        for count in counts:
-            sl = slice(start, start + count)
-            loc = torch.nonzero(keep[sl]).squeeze(1)
-            rows = np.zeros(loc.numel(), dtype=MASK_DTYPE)
-            rows["loc"] = loc.numpy()
-            rows["flags"] = flags[sl][loc].numpy()
-            rows["vlr_ratio"] = vlr_ratio[sl][loc].numpy()
-            rows["vlr_weight"] = vlr_weight[sl][loc].numpy()
-            out.append(rows)
-            start += count
-        return out
+        anchors, counts = self.anchors(pad_shape)
+        regions = compute_regions(anchors, list(counts), boxes.cpu().float(), gamma=self.gamma, topk=self.topk)
+        vlr = regions.vlr_ratio.numpy() >= self.gamma
+        # The VLR bits as a product with each metric's bit (0 for a metric left out), and the main bit.
+        flags = vlr.view(np.uint8) @ self.metric_flags | regions.main.numpy().view(np.uint8) * np.uint8(FLAG_MAIN)
+        keep = np.flatnonzero(flags) if self.region == "distill" else np.arange(len(flags))
+        # One table for all levels, cut at the level boundaries: few numpy calls per image-view.
+        table = np.zeros(len(keep), dtype=MASK_DTYPE)
+        table["flags"] = flags[keep]
+        table["vlr_ratio"] = regions.vlr_ratio.numpy()[keep] * self.metric_on
+        table["vlr_weight"] = regions.vlr_weight.numpy()[keep] * self.metric_on
+        level_starts = np.cumsum([0, *counts])
+        cuts = np.searchsorted(keep, level_starts)
+        table["loc"] = keep - np.repeat(level_starts[:-1], np.diff(cuts))
+        return np.split(table, cuts[1:-1])
 
 
 def gather_logits(cls_scores: list[torch.Tensor], bbox_preds: list[torch.Tensor], index: int,
