@@ -8,6 +8,7 @@ LDCacheError
     ├── StoreNotFoundError       nothing is stored at that path or URL
     ├── StoreFormatError         not an ldcache store, another format version, a bad attribute or layout
     ├── StoreIncompleteError     its dump has not finished
+    ├── StoreCorruptError        a chunk is damaged or missing (a checksum, `ldcache verify`)
     └── StoreMismatchError       made for another dataset, teacher, head, pipeline or command
 """
 
@@ -38,6 +39,10 @@ class StoreFormatError(StoreError):
 
 class StoreIncompleteError(StoreError):
     """The store's dump stopped before the end; `--resume` finishes it."""
+
+
+class StoreCorruptError(StoreError):
+    """A chunk of the store is damaged or missing; `dump-teacher ... --resume` redoes its block."""
 
 
 class StoreMismatchError(StoreError):

@@ -100,16 +100,17 @@ def test_q8_flat_edges_and_fp16_identity():
 @pytest.mark.parametrize("dtype,width", [("u1", 17), ("f2", 71)])
 def test_row_reader_equals_zarr_slicing_across_chunks(tmp_path, dtype, width):
     import fsspec
-    from ldcache.store.writer import blosc
+    from ldcache.store.writer import blosc, checksummed, writable
 
     group = zarr.open_group(str(tmp_path / "g"), mode="w", zarr_format=3)
-    array = group.create_array("a", shape=(1000, width), dtype=dtype, chunks=(128, width),
-                               compressors=blosc(np.dtype(dtype).itemsize), fill_value=0)
+    group.create_array("a", shape=(1000, width), dtype=dtype, chunks=(128, width),
+                       compressors=checksummed(blosc(np.dtype(dtype).itemsize)), fill_value=0)
+    array = writable(group, "a")
     data = np.random.default_rng(1).integers(1, 200, (1000, width)).astype(dtype)
-    data[256:384] = 0  # one chunk of fill values only: zarr does not write it
+    data[256:384] = 0  # one chunk of fill values only: written all the same
     array[:] = data
-    assert not (tmp_path / "g/a/c/2/0").exists()
+    assert (tmp_path / "g/a/c/2/0").exists()
     fs, root = fsspec.core.url_to_fs(str(tmp_path / "g"))
-    reader = RowReader(fs, f"{root}/a", array)
+    reader = RowReader(fs, f"{root}/a", array, on_damage=lambda chunk, problem: AssertionError(problem))
     for start, end in [(0, 1), (5, 128), (100, 300), (250, 400), (127, 129), (999, 1000), (0, 1000), (40, 40)]:
         np.testing.assert_array_equal(reader.rows(start, end), data[start:end])

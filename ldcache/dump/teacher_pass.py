@@ -20,6 +20,7 @@ from ..store.codec import ValueCodec
 from ..store.format import FLAG_MAIN, MASK_DTYPE
 from ..store.layout import block_rows, featmap_sizes
 from ..store.statistics import block_statistics
+from ..store.writer import writable
 from .fault import maybe_kill
 from .region_rows import gather_logits
 from .scan import ImageEntry
@@ -82,7 +83,8 @@ def run_teacher_pass(model: torch.nn.Module, group: zarr.Group, attrs: StoreAttr
                      workers: int, show_progress: bool) -> None:
     """Forward this process's blocks of records through the teacher and write their logits."""
     ptr = group["ptr"][:]
-    masks, logits, done, block_stats = group["masks"], group["logits"], group["done"], group["block_stats"]
+    masks = group["masks"]
+    logits, done, block_stats = (writable(group, name) for name in ("logits", "done", "block_stats"))
     img_shapes, pad_shapes = group["img_shape"][:], group["pad_shape"][:]
     codec, block_size, strides = attrs.value_codec(), attrs.layout.block_size, attrs.head.strides
 

@@ -6,12 +6,14 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ..errors import (StoreFormatError, StoreIncompleteError, StoreMismatchError, StoreNotFoundError)
+from ..errors import StoreError, StoreFormatError, StoreIncompleteError, StoreMismatchError, StoreNotFoundError
 from .attrs import StoreAttrs
 from .chunks import RowReader
+from .damage import BlockMap, checksum_problem, chunk_grid, chunk_key, corrupt_error
 from .filesystem import store_exists, store_filesystem
 from .format import FLAG_MAIN, MASK_DTYPE, STATUS_COMPLETE
 from .layout import featmap_sizes
+from .layout_check import ARRAYS, array_problems, ptr_problems
 from .targets import LDTargets
 
 
@@ -38,29 +40,102 @@ def open_store(path: str | Path, require_complete: bool = True, mode: str = "r")
     return group, attrs
 
 
+def open_arrays(path, group: zarr.Group) -> dict[str, zarr.Array]:
+    """Every array of the store by name; one whose zarr.json is missing or unreadable is named."""
+    arrays = {}
+    for name in ARRAYS:
+        try:
+            arrays[name] = group[name]
+        except (KeyError, ValueError, TypeError) as err:
+            raise StoreFormatError(f"{path}: array '{name}' cannot be opened (its zarr.json is missing or not "
+                                   f"valid: {str(err)[:200]}); dump the store again") from None
+    return arrays
+
+
+class CheckedArrays:
+    """Whole arrays of a store read through zarr, with damage named as an ldcache error."""
+
+    def __init__(self, path, attrs: StoreAttrs, arrays: dict[str, zarr.Array]):
+        self.path, self.attrs, self.arrays = path, attrs, arrays
+        self.fs, self.root = store_filesystem(path)
+        self.blocks: BlockMap | None = None  # known once ptr is read: then damage names its block
+
+    def read(self, name: str) -> np.ndarray:
+        """The whole array; StoreCorruptError when one of its chunks fails its checksum, or when the
+        one chunk of a per-record or per-image array (always written) is missing."""
+        array = self.arrays[name]
+        grid = chunk_grid(array)
+        if name not in ("done", "block_stats") and len(grid) == 1 and not self.fs.exists(self._path(name, grid[0])):
+            raise self._error(name, grid[0], "the chunk object is missing")
+        try:
+            return array[:]
+        except ValueError as err:  # zarr's crc32c codec: "Stored and computed checksum do not match"
+            if "checksum" not in str(err):
+                raise
+            raise self._first_damage(name) from None
+
+    def _path(self, name: str, coords: tuple[int, ...]) -> str:
+        return f"{self.root}/{name}/{chunk_key(self.arrays[name], coords)}"
+
+    def _first_damage(self, name: str) -> StoreError:
+        for coords in chunk_grid(self.arrays[name]):
+            path = self._path(name, coords)
+            problem = checksum_problem(self.fs.cat_file(path)) if self.fs.exists(path) else None
+            if problem:
+                return self._error(name, coords, problem)
+        return StoreFormatError(f"{self.path}: array '{name}' cannot be read (a chunk fails its checksum, "
+                                "and then none did); run `ldcache verify` on it")
+
+    def _error(self, name: str, coords: tuple[int, ...], problem: str) -> StoreError:
+        if name in ("done", "block_stats") and self.blocks is not None:
+            where = self.blocks.describe(coords[0])
+        else:
+            where = "a per-record or per-image array: every block"
+        return corrupt_error(self.path, self.attrs, name, chunk_key(self.arrays[name], coords), where, problem)
+
+
 class StoreReader:
     """Read records of a finished store. Cheap to create; open one per DataLoader worker."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path) if "://" not in str(path) else path
         self.group, self.attrs = open_store(path)
-        if not np.all(self.group["done"][:] == 1):
-            raise StoreIncompleteError(f"{path} says complete but some blocks are not done; re-run the dump "
-                                       "with --resume")
-        self.ptr = self.group["ptr"][:]
-        self.image_ids = self.group["image_ids"][:]
+        arrays = open_arrays(path, self.group)
+        self.arrays = CheckedArrays(path, self.attrs, arrays)
+        self.ptr = self.arrays.read("ptr")
+        rows = arrays["masks"].shape[0]
+        problems = array_problems(arrays, self.attrs) or ptr_problems(self.ptr, self.attrs, rows)
+        if problems:
+            raise StoreFormatError(f"{path}: {problems[0]}; `ldcache verify {path}` says more")
+        self.image_ids = self.arrays.read("image_ids")
+        self.blocks = self.arrays.blocks = BlockMap(self.ptr, self.attrs, self.image_ids)
+        self._check_done(self.arrays.read("done"))
         self.num_views = len(self.attrs.views)
         self._record_of_image = {int(i): k for k, i in enumerate(self.image_ids)}
-        self.img_shape = self.group["img_shape"][:]
-        self.pad_shape = self.group["pad_shape"][:]
-        self.scale_factor = self.group["scale_factor"][:]
-        self.flip = self.group["flip"][:]
+        self.img_shape = self.arrays.read("img_shape")
+        self.pad_shape = self.arrays.read("pad_shape")
+        self.scale_factor = self.arrays.read("scale_factor")
+        self.flip = self.arrays.read("flip")
         fs, root = store_filesystem(path)
-        self._masks = RowReader(fs, f"{root}/masks", self.group["masks"])
-        self._logits = RowReader(fs, f"{root}/logits", self.group["logits"])
+        self._masks = RowReader(fs, f"{root}/masks", arrays["masks"], self._row_damage("masks", arrays["masks"]))
+        self._logits = RowReader(fs, f"{root}/logits", arrays["logits"], self._row_damage("logits", arrays["logits"]))
         self.codec = self.attrs.value_codec()
         self.strides = self.attrs.head.strides
         self.num_classes = self.attrs.head.num_classes
+
+    def _check_done(self, done: np.ndarray) -> None:
+        """A complete store has every done flag set; one that is not was lost after the dump."""
+        lost = np.nonzero(done != 1)[0]
+        if len(lost):
+            chunk = chunk_key(self.arrays.arrays["done"], (int(lost[0]),))
+            raise corrupt_error(self.path, self.attrs, "done", chunk, self.blocks.describe(int(lost[0])),
+                                f"the done flag is missing or 0 in a complete store ({len(lost)} block(s) so)")
+
+    def _row_damage(self, name: str, array: zarr.Array):
+        def error(chunk: int, problem: str) -> StoreError:
+            where = self.blocks.describe(self.blocks.block_of_chunk(chunk))
+            return corrupt_error(self.path, self.attrs, name, chunk_key(array, (chunk, 0)), where, problem)
+        return error
 
     @property
     def num_records(self) -> int:
@@ -86,13 +161,12 @@ class StoreReader:
 
     def image_file(self, image_index: int) -> str:
         """File name of an image, relative to the dump's image folder."""
-        return bytes(self.group["image_files"][image_index]).rstrip(b"\0").decode()
+        return bytes(self.arrays.read("image_files")[image_index]).rstrip(b"\0").decode()
 
     def gt_boxes(self, image_index: int) -> np.ndarray:
         """[G, 4] xyxy GT boxes of an image in its original coordinates, as the dump used them."""
-        gt_ptr = self.group["gt_ptr"]
-        lo, hi = (int(v) for v in gt_ptr[image_index:image_index + 2])
-        return self.group["gt_boxes"][lo:hi] if hi > lo else np.zeros((0, 4), np.float32)
+        lo, hi = (int(v) for v in self.arrays.read("gt_ptr")[image_index:image_index + 2])
+        return self.arrays.read("gt_boxes")[lo:hi] if hi > lo else np.zeros((0, 4), np.float32)
 
     def match_view(self, image_id: int, img_shape, scale_factor, flip: bool) -> int:
         """The record of this image whose geometry is exactly the sample's, or a clear error."""

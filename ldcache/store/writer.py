@@ -6,6 +6,9 @@ region entry in ``masks`` and its teacher logits in ``logits``. Records are grou
 ``block_size``, and each block's rows start on a chunk boundary: a block has one writer, and two
 writers never touch one chunk. A block's ``done`` flag is written after its rows, and ``status``
 becomes "complete" only once every block is done.
+
+Every chunk ends with a CRC32C of its encoded bytes (zarr's crc32c codec), and every chunk a writer
+touches is written even when it holds only zeros, so a reader tells a lost chunk from an empty one.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from .attrs import StoreAttrs
 from .codec import ValueCodec
@@ -39,6 +42,17 @@ def logits_compressor(codec: ValueCodec) -> BloscCodec:
     return blosc(codec.storage_dtype.itemsize, BloscShuffle.bitshuffle)
 
 
+def checksummed(compressor) -> tuple:
+    """A compressor, then the CRC32C of its output: damage is found before anything is decoded."""
+    return compressor, Crc32cCodec()
+
+
+def writable(group: zarr.Group, name: str) -> zarr.Array:
+    """An array of the store to write to: chunks that hold only zeros are written too (zarr skips
+    them by default), so that every chunk a block owns exists once the block is done."""
+    return group[name].with_config({"write_empty_chunks": True})
+
+
 def create_store(path: str | Path, attrs: StoreAttrs, ptr: np.ndarray, total_rows: int,
                  small_arrays: dict[str, np.ndarray]) -> zarr.Group:
     """Lay out an empty store: every array allocated, no block done, status 'created'.
@@ -48,20 +62,23 @@ def create_store(path: str | Path, attrs: StoreAttrs, ptr: np.ndarray, total_row
     group.attrs.update(dataclasses.replace(attrs, status=STATUS_CREATED).to_dict())
     codec, layout = attrs.value_codec(), attrs.layout
     rows = max(total_rows, 1)
-    group.create_array("ptr", data=ptr, chunks=ptr.shape)
-    for name, values in small_arrays.items():
-        group.create_array(name, data=values, chunks=tuple(max(n, 1) for n in values.shape))
+    for name, values in {"ptr": ptr, **small_arrays}.items():
+        group.create_array(name, data=values, chunks=tuple(max(n, 1) for n in values.shape),
+                           compressors=checksummed(ZstdCodec()), config={"write_empty_chunks": True})
     group.create_array("masks", shape=(rows, MASK_DTYPE.itemsize), dtype="u1",
                        chunks=(layout.chunk_rows, MASK_DTYPE.itemsize), fill_value=0,
                        # One row is one shuffle element: its bytes are grouped field by field.
-                       compressors=blosc(MASK_DTYPE.itemsize))
+                       compressors=checksummed(blosc(MASK_DTYPE.itemsize)))
     group.create_array("logits", shape=(rows, codec.width), dtype=codec.storage_dtype,
-                       chunks=(layout.chunk_rows, codec.width), compressors=logits_compressor(codec), fill_value=0)
+                       chunks=(layout.chunk_rows, codec.width), compressors=checksummed(logits_compressor(codec)),
+                       fill_value=0)
     blocks = num_blocks(ptr.shape[0], layout.block_size)
-    group.create_array("done", shape=(blocks,), dtype="u1", chunks=(1,), fill_value=0)
+    group.create_array("done", shape=(blocks,), dtype="u1", chunks=(1,), fill_value=0,
+                       compressors=checksummed(ZstdCodec()))
     # One chunk per block, so that each block's writer owns its statistics' chunk too.
     group.create_array("block_stats", shape=(blocks, ptr.shape[1] - 1, stats_width()), dtype="f8",
-                       chunks=(1, ptr.shape[1] - 1, stats_width()), fill_value=0)
+                       chunks=(1, ptr.shape[1] - 1, stats_width()), fill_value=0,
+                       compressors=checksummed(ZstdCodec()))
     return group
 
 
