@@ -33,6 +33,7 @@ from ..store.writer import write_status
 from .region_rows import RegionRowMaker
 from .ranks import Ranks
 from .regions_pass import run_regions_pass
+from .repair import repair_damaged_blocks
 from .scan import DatasetScan, scan_dataset
 from .teacher import assigner_topk, build_teacher, config_classes, load_config
 from .teacher_pass import run_teacher_pass
@@ -124,10 +125,12 @@ def run_dump(opts: DumpOptions) -> DumpSummary | None:
                            topk, tuple(opts.vlr_metrics))
 
     attrs = _new_attrs(opts, _input_hashes(opts), scan, geometry, topk)
+    small_arrays = _small_arrays(scan, records)
     # Every process reads the same store state here, before pass 1 writes anything: they agree.
     if _needs_regions_pass(opts, attrs, ranks):
-        run_regions_pass(maker, records, opts.out, attrs, _small_arrays(scan, records), opts.dask_scheduler,
-                         ranks)
+        run_regions_pass(maker, records, opts.out, attrs, small_arrays, opts.dask_scheduler, ranks)
+    elif ranks.is_first:
+        repair_damaged_blocks(opts.out, maker, records, small_arrays)
     ranks.barrier()
     group, attrs = open_store(opts.out, require_complete=False, mode="r+")
     done = group["done"][:]

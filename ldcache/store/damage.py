@@ -57,13 +57,13 @@ class BlockMap:
         return int(np.searchsorted(self.block_starts, chunk * self.chunk_rows, side="right") - 1)
 
     def describe(self, block: int) -> str:
-        """'block 3 (records 12-15, image ids 7 to 8)'."""
+        """'block 3: records 12-15, image ids 7 to 8'."""
         records = self.records(block)
-        text = f"block {block} (records {records.start}-{records.stop - 1}"
+        text = f"block {block}: records {records.start}-{records.stop - 1}"
         if self.image_ids is not None:
             first, last = records.start // self.num_views, (records.stop - 1) // self.num_views
             text += f", image ids {int(self.image_ids[first])} to {int(self.image_ids[last])}"
-        return text + ")"
+        return text
 
 
 def repair_command(store, attrs: StoreAttrs) -> str:
@@ -76,7 +76,7 @@ def repair_command(store, attrs: StoreAttrs) -> str:
 def corrupt_error(store, attrs: StoreAttrs, array: str, chunk: str, where: str, problem: str) -> StoreCorruptError:
     """The error for a damaged chunk: what, where, and how to get it back."""
     return StoreCorruptError(
-        f"{store}: chunk {chunk} of array '{array}' ({where}) is damaged: {problem}. Repair it with "
+        f"{store}: array '{array}', chunk {chunk} ({where}), is damaged: {problem}. Repair it with "
         f"{repair_command(store, attrs)}; `ldcache verify {store}` lists all damage.")
 
 

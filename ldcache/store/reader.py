@@ -90,7 +90,7 @@ class CheckedArrays:
         if name in ("done", "block_stats") and self.blocks is not None:
             where = self.blocks.describe(coords[0])
         else:
-            where = "a per-record or per-image array: every block"
+            where = "a per-record or per-image array, read for every block"
         return corrupt_error(self.path, self.attrs, name, chunk_key(self.arrays[name], coords), where, problem)
 
 

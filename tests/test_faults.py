@@ -1,0 +1,174 @@
+"""Fault injection: damaged, lost and edited store objects, and bad inputs. Each fault ends in a
+one-line error that names it (no traceback) or in a repair, never in silently wrong values.
+Kills during pass 1 and pass 2 are in test_dump.py (LDCACHE_KILL_AT)."""
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import BIN, dump_args, run_dump_cli
+from ldcache.errors import StoreCorruptError
+from ldcache.store.reader import StoreReader
+from test_dump import _arrays, _assert_same_arrays, _edited_dataset
+
+LDCACHE = str(BIN / "ldcache")
+
+
+def _ldcache(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([LDCACHE, *map(str, args)], capture_output=True, text=True, env=dict(os.environ))
+
+
+def _one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The error a command printed, checked to be ldcache's own: exit 2, no traceback."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "error:" in result.stderr, result.stderr[-2000:]
+    return " ".join(result.stderr.split())  # rich wraps lines at the terminal's width
+
+
+@pytest.fixture
+def store_copy(shapes_store, tmp_path):
+    out = tmp_path / "teacher.zarr"
+    shutil.copytree(shapes_store, out)
+    return out
+
+
+def _chunk_file(store, array: str, block: int, which: int = 0):
+    """The object of a block's chunk of `masks` or `logits` (its first, or its `which`-th)."""
+    chunk = StoreReader(store).blocks.chunks(block)[which]
+    return store / array / "c" / str(chunk) / "0", chunk
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _flip_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _image_of_block(store, block: int) -> int:
+    reader = StoreReader(store)
+    return int(reader.image_ids[reader.blocks.records(block).start // reader.num_views])
+
+
+def _verify(store) -> tuple[int, dict]:
+    result = _ldcache("verify", store, "--json")
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_verify_says_ok_on_an_intact_store(shapes_store):
+    code, report = _verify(shapes_store)
+    reader = StoreReader(shapes_store)
+    row_chunks = sum(len(reader.blocks.chunks(b)) for b in range(reader.blocks.num_blocks))
+    assert code == 0 and report["ok"] and report["status"] == "complete"
+    assert report["damaged_blocks"] == [] and report["layout_problems"] == []
+    assert report["chunks_checked"] > 2 * row_chunks + reader.blocks.num_blocks
+    text = _ldcache("verify", shapes_store)
+    assert text.returncode == 0 and ": OK (" in text.stdout
+
+
+@pytest.mark.parametrize("fault", ["truncated", "flipped byte", "deleted"])
+@pytest.mark.parametrize("array", ["logits", "masks"])
+def test_a_damaged_row_chunk_is_named_by_every_reader(store_copy, fault, array):
+    block = 3
+    path, chunk = _chunk_file(store_copy, array, block)
+    {"truncated": _truncate, "flipped byte": _flip_byte, "deleted": os.remove}[fault](path)
+    image = _image_of_block(store_copy, block)
+
+    said = _one_line_error(_ldcache("inspect", store_copy, "--image", image, "--json"))
+    assert f"array '{array}', chunk c/{chunk}/0 (block {block}: records 12-15" in said, said
+    assert "is damaged" in said and "--resume" in said and "ldcache dump-teacher" in said
+    problem = {"truncated": "checksum mismatch", "flipped byte": "checksum mismatch",
+               "deleted": "the chunk object is missing"}[fault]
+    assert problem in said
+
+    reader = StoreReader(store_copy)  # as training reads: the error, not zeros or garbage
+    with pytest.raises(StoreCorruptError, match=f"chunk c/{chunk}/0"):
+        reader.read_record(reader.blocks.records(block).start)
+    assert reader.read_record(0).levels(), "the other blocks stay readable"
+
+    code, report = _verify(store_copy)
+    assert code == 1 and not report["ok"]
+    assert [(b["block"], [c["array"] for c in b["chunks"]]) for b in report["damaged_blocks"]] == [(block, [array])]
+    assert report["damaged_blocks"][0]["records"] == [12, 15] and problem in report["damaged_blocks"][0]["chunks"][0]["problem"]
+
+
+def test_a_deleted_done_flag_is_damage(store_copy):
+    os.remove(store_copy / "done" / "c" / "5")
+    said = _one_line_error(_ldcache("inspect", store_copy, "--json"))
+    assert "array 'done', chunk c/5 (block 5: records 20-23" in said and "--resume" in said, said
+    code, report = _verify(store_copy)
+    assert code == 1 and [b["block"] for b in report["damaged_blocks"]] == [5]
+    assert report["damaged_blocks"][0]["chunks"][0]["problem"] == "the chunk object is missing"
+
+
+def test_a_damaged_per_image_array_is_named(store_copy):
+    _flip_byte(store_copy / "img_shape" / "c" / "0" / "0")
+    said = _one_line_error(_ldcache("inspect", store_copy, "--json"))
+    assert "array 'img_shape', chunk c/0/0" in said and "checksum mismatch" in said, said
+    code, report = _verify(store_copy)
+    assert code == 1 and report["damaged_arrays"][0]["array"] == "img_shape" and not report["damaged_blocks"]
+
+
+@pytest.mark.parametrize("target,edit,message", [
+    ("zarr.json", lambda meta: meta["attributes"]["layout"].update(chunk_rows="many"), "'layout.chunk_rows'"),
+    ("logits/zarr.json", lambda meta: meta.update(shape=[meta["shape"][0], 7]), "array 'logits' has shape"),
+    ("masks/zarr.json", lambda meta: meta["chunk_grid"]["configuration"].update(chunk_shape=[256, 17]),
+     "array 'masks' has chunks [256, 17]"),
+    ("done/zarr.json", lambda meta: meta.update(data_type="no-such-type"), "array 'done' cannot be opened"),
+])
+def test_a_zarr_json_with_a_wrong_field_is_refused_naming_it(store_copy, target, edit, message):
+    path = store_copy / target
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+    said = _one_line_error(_ldcache("inspect", store_copy, "--json"))
+    assert message in said, said
+    result = _ldcache("verify", store_copy)
+    if target == "zarr.json":  # the attributes themselves: not a store of this format
+        assert message in _one_line_error(result)
+    else:
+        assert result.returncode == 1 and message in " ".join(result.stdout.split()), result.stdout[-2000:]
+
+
+def test_verify_reports_an_unfinished_store_as_such(store_copy):
+    import zarr
+
+    zarr.open_group(str(store_copy), mode="r+").attrs["status"] = "masks-written"
+    code, report = _verify(store_copy)
+    assert code == 1 and report["status"] == "masks-written" and not report["ok"]
+    text = _ldcache("verify", store_copy)
+    assert text.returncode == 1 and "UNFINISHED" in text.stdout and "--resume" in " ".join(text.stdout.split())
+
+
+def test_verify_of_no_store_is_a_user_error(tmp_path):
+    assert "does not exist" in _one_line_error(_ldcache("verify", tmp_path / "nothing.zarr"))
+
+
+@pytest.mark.slow
+def test_resume_repairs_exactly_the_damaged_blocks_to_an_undamaged_dumps_arrays(store_copy, shapes_store,
+                                                                                 shapes_root, random_teacher):
+    logits_file, _ = _chunk_file(store_copy, "logits", 2)
+    masks_file, _ = _chunk_file(store_copy, "masks", 9)
+    _truncate(logits_file)
+    _flip_byte(masks_file)
+    code, report = _verify(store_copy)
+    assert code == 1
+    assert [(b["block"], [c["array"] for c in b["chunks"]]) for b in report["damaged_blocks"]] == \
+        [(2, ["logits"]), (9, ["masks"])]
+
+    resumed = run_dump_cli(dump_args(shapes_root, random_teacher, store_copy, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    said = " ".join(resumed.stderr.split())
+    assert "repairing 2 damaged block(s) (2, 9)" in said, said[-2000:]
+    assert _verify(store_copy)[0] == 0
+    repaired, reference = _arrays(store_copy), _arrays(shapes_store)
+    _assert_same_arrays(repaired, reference)
+    assert np.array_equal(StoreReader(store_copy).arrays.read("block_stats"),
+                          StoreReader(shapes_store).arrays.read("block_stats"))
