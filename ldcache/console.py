@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
@@ -25,7 +26,8 @@ def note(message: str) -> None:
 
 def error(message: str) -> None:
     """A one-line error on stderr, as the CLI reports a user mistake."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: a message quotes user data such as a box "[nan, 10, 20, 30]", which is no markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def print_json(data) -> None:

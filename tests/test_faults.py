@@ -172,3 +172,33 @@ def test_resume_repairs_exactly_the_damaged_blocks_to_an_undamaged_dumps_arrays(
     _assert_same_arrays(repaired, reference)
     assert np.array_equal(StoreReader(store_copy).arrays.read("block_stats"),
                           StoreReader(shapes_store).arrays.read("block_stats"))
+
+
+def test_bad_images_and_boxes_are_all_listed_before_pass_1(shapes_root, random_teacher, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(shapes_root / "images/train", images)
+    (images / "text.jpg").write_text("this is not a JPEG")
+    listed = {}
+
+    def spoil(ann):
+        first, second, third = ann["images"][:3]
+        first["file_name"] = "text.jpg"
+        second["width"] += 3
+        box = next(a for a in ann["annotations"] if a["image_id"] == third["id"])
+        box["bbox"][0] = float("nan")
+        listed.update(first=first["id"], second=(second["id"], second["file_name"], second["width"]),
+                      third=(third["id"], third["file_name"], box["id"]))
+
+    ann = _edited_dataset(shapes_root, tmp_path, spoil)
+    args = dump_args(shapes_root, random_teacher, tmp_path / "s")
+    args[args.index("--ann-file") + 1], args[args.index("--img-dir") + 1] = str(ann), str(images)
+    result = run_dump_cli(args)
+    said = _one_line_error(result)
+    assert said.count(", image id ") == 3 and "3 problem(s)" in said, said
+    assert f"text.jpg, image id {listed['first']}: the file cannot be read as an image" in said
+    image_id, name, width = listed["second"]
+    assert f"{name}, image id {image_id}: the file is {width - 3}x" in said and f"annotation says {width}x" in said
+    image_id, name, box = listed["third"]
+    assert f"{name}, image id {image_id}: annotation {box} has a box that is not finite: [nan," in said, said
+    assert result.stderr.rstrip().endswith("then run the dump again.")
+    assert "pass 1" not in said and not (tmp_path / "s").exists(), "refused before any pass"

@@ -165,14 +165,14 @@ def print_report(report: VerifyReport) -> None:
     """The report as a table and lines on stdout (what `ldcache verify` prints without --json)."""
     if report.status != STATUS_COMPLETE:
         console.out.print(f"{report.store}: UNFINISHED (status '{report.status}'): its dump stopped before the end; "
-                          f"finish it with {report.repair}", highlight=False, soft_wrap=True)
+                          f"finish it with {report.repair}", highlight=False, markup=False, soft_wrap=True)
         return
     if report.ok:
         console.out.print(f"{report.store}: OK ({report.chunks_checked} chunks checked, every block done, "
-                          "layout as the attributes say)", highlight=False, soft_wrap=True)
+                          "layout as the attributes say)", highlight=False, markup=False, soft_wrap=True)
         return
     for problem in report.layout:
-        console.out.print(f"layout: {problem}", highlight=False, soft_wrap=True)
+        console.out.print(f"layout: {problem}", highlight=False, markup=False, soft_wrap=True)
     rows = [(d.array, d.chunk, report.blocks.describe(d.block) if d.block is not None else "every block", d.problem)
             for d in sorted(report.damage, key=lambda d: (-1 if d.block is None else d.block, d.array, d.chunk))]
     if rows:
@@ -183,4 +183,4 @@ def print_report(report: VerifyReport) -> None:
                       f"chunk(s) in {blocks} block(s) of {report.blocks.num_blocks if report.blocks else '?'}). "
                       f"Repair: {report.repair}" if not report.layout else
                       f"{report.store}: DAMAGED layout: it cannot be repaired block by block; dump it again",
-                      highlight=False, soft_wrap=True)
+                      highlight=False, markup=False, soft_wrap=True)
