@@ -6,6 +6,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from ..errors import StoreCorruptError
 from ..store.attrs import StoreAttrs
 from ..store.statistics import mask_flags, partial_statistics, row_levels, statistics_from_sums, stats_width
 
@@ -29,7 +30,13 @@ def store_statistics(group, attrs: StoreAttrs) -> dict:
                           dtype=np.float64, chunks=((1,) * masks.numblocks[0], (num_levels,), (stats_width(),)),
                           new_axis=2)
     with dask.config.set(scheduler="threads"):
-        total = parts.sum(axis=0).compute()
+        try:
+            total = parts.sum(axis=0).compute()
+        except ValueError as err:  # zarr's crc32c codec: "Stored and computed checksum do not match"
+            if "checksum" not in str(err):
+                raise
+            raise StoreCorruptError(f"a chunk of masks or logits fails its checksum ({err}); "
+                                    "`ldcache verify STORE` names it and its block") from None
     per_record = ptr[:, 1:] - ptr[:, :-1]
     return {**statistics_from_sums(total, codec.bins),
             "region_size_histogram": [_histogram(per_record[:, level]) for level in range(num_levels)]}
