@@ -176,7 +176,7 @@ def inspect(
         if plot and not stats:
             _fail("--plot needs --image ID (the image figure) or --stats (the histograms)")
         if stats:
-            statistics = store_statistics(reader.group, reader.attrs)
+            statistics = store_statistics(reader)
             if plot:
                 from .inspect.plots import plot_stats
 

@@ -92,6 +92,8 @@ def test_a_damaged_row_chunk_is_named_by_every_reader(store_copy, fault, array):
     with pytest.raises(StoreCorruptError, match=f"chunk c/{chunk}/0"):
         reader.read_record(reader.blocks.records(block).start)
     assert reader.read_record(0).levels(), "the other blocks stay readable"
+    stats = _one_line_error(_ldcache("inspect", store_copy, "--stats", "--json"))  # a full pass too
+    assert f"array '{array}', chunk c/{chunk}/0 (block {block}" in stats and problem in stats
 
     code, report = _verify(store_copy)
     assert code == 1 and not report["ok"]

@@ -110,26 +110,33 @@ def test_errors_are_one_line(shapes_store, tmp_path):
 
 
 def _synthetic_store(path, records, rows_per_level, num_classes=3, chunk_rows=2048):
+    """A finished one-view store of random rows that StoreReader accepts (no teacher, no images)."""
+    from ldcache.store.reader import StoreReader
+
     rng = np.random.default_rng(0)
     counts = np.tile(np.asarray(rows_per_level), (records, 1))
     ptr, total = block_row_starts(counts, 64, chunk_rows)
     attrs = synthetic_attrs(num_classes, records, chunk_rows)
-    meta = {"image_ids": np.arange(records, dtype=np.int64), "pad_shape": np.full((records, 2), 320, np.int32)}
+    meta = {"image_ids": np.arange(records, dtype=np.int64), "image_files": np.full((records, 4), 97, np.uint8),
+            "gt_ptr": np.zeros(records + 1, np.int64), "gt_boxes": np.zeros((0, 4), np.float32),
+            "img_shape": np.full((records, 2), 320, np.int32), "scale_factor": np.ones((records, 2)),
+            "pad_shape": np.full((records, 2), 320, np.int32), "flip": np.zeros(records, np.uint8)}
     group = create_store(path, attrs, ptr, total, meta)
     masks = np.zeros(total, dtype=MASK_DTYPE)
     masks["flags"] = rng.integers(1, 8, total)
     group["masks"][:] = masks.view(np.uint8).reshape(total, MASK_DTYPE.itemsize)
     group["logits"][:] = rng.normal(0, 3, (total, 68 + num_classes)).astype(np.float16)
+    group["done"][:] = 1
     group.attrs["status"] = STATUS_COMPLETE
-    return group, attrs, total
+    return StoreReader(path), total
 
 
 def test_stats_stream_within_bounded_memory(tmp_path):
-    group, attrs, total = _synthetic_store(tmp_path / "big", records=500, rows_per_level=[1200, 400, 100, 25, 6])
+    reader, total = _synthetic_store(tmp_path / "big", records=500, rows_per_level=[1200, 400, 100, 25, 6])
     logits_bytes = total * 71 * 2
     assert logits_bytes > 100 * 2**20  # a few hundred image-views worth over 100 MiB of logits
     tracemalloc.start()
-    stats = store_statistics(group, attrs)
+    stats = store_statistics(reader)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert stats["rows_per_level"] == [500 * n for n in (1200, 400, 100, 25, 6)]

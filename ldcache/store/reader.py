@@ -159,6 +159,22 @@ class StoreReader:
         return LDTargets(bounds - start, np.asarray(grid, dtype=np.int64), masks,
                          self.codec.decode(self._logits.rows(start, end), class_rows), self.num_classes)
 
+    def row_ranges(self) -> list[tuple[int, int]]:
+        """(start, end) of the stored rows, one range per chunk of `masks` and `logits` (the padding
+        after a block's last row left out): a pass over them reads every chunk once."""
+        chunk_rows = self.attrs.layout.chunk_rows
+        ranges = []
+        for block in range(self.blocks.num_blocks):
+            start, end = self.blocks.rows(block)
+            ranges += [(max(start, c * chunk_rows), min(end, (c + 1) * chunk_rows)) for c in self.blocks.chunks(block)]
+        return ranges
+
+    def read_rows(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """MASK_DTYPE rows start:end and their decoded values [end - start, 4 * bins + C], through
+        the same checks as records (checksums; a lost chunk is an error, never zeros)."""
+        masks = np.ascontiguousarray(self._masks.rows(start, end)).view(MASK_DTYPE).reshape(-1)
+        return masks, self.codec.decode(self._logits.rows(start, end))
+
     def image_file(self, image_index: int) -> str:
         """File name of an image, relative to the dump's image folder."""
         return bytes(self.arrays.read("image_files")[image_index]).rstrip(b"\0").decode()
