@@ -5,6 +5,9 @@ import pytest
 import torch
 
 from ldcache.errors import UntrustedCheckpointError
+
+# A planted file is a plain pickle, which torch's weights-only reader warns about before refusing it.
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 from ldcache.checkpoint_trust import (is_trusted_checkpoint,
                                       load_checkpoint_file, sign_checkpoint)
 
