@@ -19,7 +19,7 @@ from ..store.attrs import StoreAttrs
 from ..store.codec import ValueCodec
 from ..store.format import FLAG_MAIN, MASK_DTYPE
 from ..store.layout import block_rows, featmap_sizes
-from ..store.statistics import block_statistics
+from ..store.statistics import rows_statistics
 from ..store.writer import writable
 from .fault import maybe_kill
 from .region_rows import gather_logits
@@ -72,7 +72,6 @@ class _BlockBuffer:
 
     block: int
     start: int  # first row
-    records: range
     masks: np.ndarray  # MASK_DTYPE rows of the block
     values: np.ndarray  # [rows, num_values] float32
     records_left: int
@@ -95,9 +94,9 @@ def run_teacher_pass(model: torch.nn.Module, group: zarr.Group, attrs: StoreAttr
             done[block] = 1
 
     def open_block(block: int) -> _BlockBuffer:
-        start, end, recs = block_rows(ptr, block, block_size)
+        start, end, _ = block_rows(ptr, block, block_size)
         block_masks = np.ascontiguousarray(masks[start:end]).view(MASK_DTYPE).reshape(-1)
-        return _BlockBuffer(block, start, recs, block_masks,
+        return _BlockBuffer(block, start, block_masks,
                             np.zeros((end - start, codec.num_values), np.float32), len(with_rows[block]))
 
     items = [(r, *records[r]) for b in my_blocks for r in with_rows[b]]
@@ -154,6 +153,6 @@ def _write_block(logits, done, block_stats, ptr: np.ndarray, buffer: _BlockBuffe
     stored = codec.encode(values)
     logits[buffer.start:buffer.start + len(values)] = stored
     # Statistics of the values as stored, so that they agree with a pass over the store.
-    block_stats[buffer.block] = block_statistics(buffer.masks, codec.decode(stored), ptr, buffer.records,
-                                                 buffer.start, codec.bins)
+    block_stats[buffer.block] = rows_statistics(buffer.masks["flags"], codec.decode(stored), ptr, buffer.start,
+                                                codec.bins)
     done[buffer.block] = 1  # written last: a block is done only once its rows are on disk

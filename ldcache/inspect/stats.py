@@ -7,13 +7,12 @@ import dask
 import numpy as np
 
 from ..store.reader import StoreReader
-from ..store.statistics import partial_statistics, row_levels, statistics_from_sums, stats_width
+from ..store.statistics import rows_statistics, statistics_from_sums, stats_width
 
 
 def _range_stats(reader: StoreReader, start: int, end: int) -> np.ndarray:
     masks, values = reader.read_rows(start, end)
-    levels = row_levels(reader.ptr, np.arange(start, end))
-    return partial_statistics(masks["flags"], values, levels, reader.ptr.shape[1] - 1, reader.codec.bins)
+    return rows_statistics(masks["flags"], values, reader.ptr, start, reader.codec.bins)
 
 
 def store_statistics(reader: StoreReader) -> dict:

@@ -59,14 +59,11 @@ def partial_statistics(flags: np.ndarray, values: np.ndarray, levels: np.ndarray
     return out
 
 
-def block_statistics(masks: np.ndarray, values: np.ndarray, ptr: np.ndarray, records: range, start: int,
-                     bins: int) -> np.ndarray:
-    """Partial sums of one block's rows: MASK_DTYPE rows and their decoded values from row `start`."""
-    levels = np.full(len(masks), -1)
-    for r in records:
-        for level in range(ptr.shape[1] - 1):
-            levels[ptr[r, level] - start:ptr[r, level + 1] - start] = level
-    return partial_statistics(masks["flags"], values, levels, ptr.shape[1] - 1, bins)
+def rows_statistics(flags: np.ndarray, values: np.ndarray, ptr: np.ndarray, start: int, bins: int) -> np.ndarray:
+    """Partial sums of the consecutive rows from row `start`: their flags [R], decoded values and
+    the store's row pointers, which give each row's level."""
+    levels = row_levels(ptr, np.arange(start, start + len(flags)))
+    return partial_statistics(flags, values, levels, ptr.shape[1] - 1, bins)
 
 
 def statistics_from_sums(total: np.ndarray, bins: int) -> dict:
