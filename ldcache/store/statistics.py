@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .format import MASK_DTYPE, REGION_FLAGS
+from .format import REGION_FLAGS
 
 ENTROPY_BINS = 40
 
@@ -79,8 +79,3 @@ def statistics_from_sums(total: np.ndarray, bins: int) -> dict:
         "rows_per_level_and_region": {name: regions[:, i].astype(int).tolist()
                                       for i, name in enumerate(REGION_FLAGS)},
     }
-
-
-def mask_flags(mask_bytes: np.ndarray) -> np.ndarray:
-    """The flags of [R, MASK_DTYPE.itemsize] uint8 mask rows."""
-    return np.ascontiguousarray(mask_bytes).view(MASK_DTYPE).reshape(-1)["flags"]
