@@ -46,6 +46,21 @@ VARIANTS = {
 COCO_SIZE_MIX = ((0.41, 8, 32), (0.34, 32, 96), (0.25, 96, 400))
 
 
+def coco_geometry_boxes(rng: np.random.Generator, width: int = 1333, height: int = 800,
+                        scale: float = 1.0) -> np.ndarray:
+    """Boxes [N, 4] (x, y, w, h) of one image drawn from COCO's box count and size statistics, the
+    sizes multiplied by `scale` (COCO's size classes are in original pixels)."""
+    boxes = []
+    for _ in range(max(1, rng.poisson(7.3))):
+        share = rng.random()
+        _, lo, hi = next(m for m, c in zip(COCO_SIZE_MIX, np.cumsum([m[0] for m in COCO_SIZE_MIX])) if share <= c)
+        side = np.sqrt(rng.uniform(lo * lo, hi * hi)) * scale
+        aspect = np.exp(rng.normal(0, 0.5))
+        w, h = min(side * np.sqrt(aspect), width - 2), min(side / np.sqrt(aspect), height - 2)
+        boxes.append([rng.uniform(0, width - w), rng.uniform(0, height - h), w, h])
+    return np.array(boxes)
+
+
 def make_coco_geometry_set(root: Path, num_images: int, classes: tuple[str, ...] = COCO_CLASSES,
                            seed: int = 0) -> tuple[Path, Path]:
     """Synthetic 1333x800 images with boxes drawn from COCO's box count and size statistics."""
@@ -58,14 +73,7 @@ def make_coco_geometry_set(root: Path, num_images: int, classes: tuple[str, ...]
         width, height = 1333, 800
         canvas = rng.integers(60, 200, size=(height, width, 3), dtype=np.uint8)
         canvas = cv2.GaussianBlur(canvas, (0, 0), 8)
-        for _ in range(max(1, rng.poisson(7.3))):
-            share = rng.random()
-            _, lo, hi = next(m for m, c in zip(COCO_SIZE_MIX, np.cumsum([m[0] for m in COCO_SIZE_MIX]))
-                             if share <= c)
-            side = np.sqrt(rng.uniform(lo * lo, hi * hi))
-            aspect = np.exp(rng.normal(0, 0.5))
-            w, h = min(side * np.sqrt(aspect), width - 2), min(side / np.sqrt(aspect), height - 2)
-            x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+        for x, y, w, h in coco_geometry_boxes(rng, width, height):
             cv2.rectangle(canvas, (int(x), int(y)), (int(x + w), int(y + h)),
                           tuple(int(c) for c in rng.integers(0, 255, 3)), -1)
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,

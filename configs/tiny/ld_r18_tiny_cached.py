@@ -19,7 +19,7 @@ model = dict(
         # batch 8 on these dense small-object images it dominated the task losses (VLR LD 6.6 at
         # the start) and the student fell to 0.077 AP. README, "The demo", has the figures.
         # The COCO configs keep 'official'.
-        normalize='per_location'))
+        normalize='per_image'))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -25,6 +25,9 @@ class ShapesSpec:
     num_train: int = 48
     num_val: int = 16
     seed: int = 0
+    # A held-out split drawn with its own seed, for results that no choice was made on.
+    num_test: int = 0
+    test_seed: int = 1000
     # (width, height) of the two image shapes; images alternate between them.
     sizes: tuple[tuple[int, int], ...] = ((320, 320), (320, 256))
 
@@ -40,8 +43,9 @@ def default_shapes_root(spec: ShapesSpec) -> Path:
 def ensure_shapes_dataset(spec: ShapesSpec = ShapesSpec(), root: Path | None = None) -> Path:
     """Return the root of the dataset described by `spec`, generating it first if needed.
 
-    Layout: images/{train,val}/*.png, annotations/instances_{train,val}.json. A `COMPLETE` file
-    holding the spec digest is written last, so an interrupted build is redone, not reused.
+    Layout: images/{train,val,test}/*.png, annotations/instances_{train,val,test}.json (test only
+    when ``spec.num_test``). A `COMPLETE` file holding the spec digest is written last, so an
+    interrupted build is redone, not reused.
     """
     root = Path(root) if root is not None else default_shapes_root(spec)
     marker = root / "COMPLETE"
@@ -68,13 +72,10 @@ def ensure_shapes_dataset(spec: ShapesSpec = ShapesSpec(), root: Path | None = N
 
 
 def _write_dataset(spec: ShapesSpec, out: Path) -> None:
-    total = spec.num_train + spec.num_val
-    per_size = [len(range(i, total, len(spec.sizes))) for i in range(len(spec.sizes))]
-    drawn = [_draw_images(size, n, spec.seed + k, out / "kwcoco" / str(k))
-             for k, (size, n) in enumerate(zip(spec.sizes, per_size))]
-    # Interleave the shapes so that both splits hold both shapes.
-    ordered = [drawn[i % len(drawn)][i // len(drawn)] for i in range(total)]
+    ordered = _interleaved_images(spec.sizes, spec.num_train + spec.num_val, spec.seed, out / "kwcoco")
     splits = {"train": ordered[: spec.num_train], "val": ordered[spec.num_train:]}
+    if spec.num_test:
+        splits["test"] = _interleaved_images(spec.sizes, spec.num_test, spec.test_seed, out / "kwcoco" / "test")
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
     for split, items in splits.items():
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -92,6 +93,13 @@ def _write_dataset(spec: ShapesSpec, out: Path) -> None:
         coco = {"images": images, "annotations": annotations, "categories": categories}
         (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
     shutil.rmtree(out / "kwcoco")
+
+
+def _interleaved_images(sizes: tuple[tuple[int, int], ...], count: int, seed: int, bundle: Path) -> list:
+    """`count` drawn images, the sizes taking turns, so that any leading slice holds all sizes."""
+    per_size = [len(range(i, count, len(sizes))) for i in range(len(sizes))]
+    drawn = [_draw_images(size, n, seed + k, bundle / str(k)) for k, (size, n) in enumerate(zip(sizes, per_size))]
+    return [drawn[i % len(drawn)][i // len(drawn)] for i in range(count)]
 
 
 def _draw_images(size: tuple[int, int], count: int, seed: int, bundle: Path):

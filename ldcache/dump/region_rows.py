@@ -54,7 +54,8 @@ class RegionRowMaker:
         table = np.zeros(len(keep), dtype=MASK_DTYPE)
         table["flags"] = flags[keep]
         table["vlr_ratio"] = regions.vlr_ratio.numpy()[keep] * self.metric_on
-        table["vlr_weight"] = regions.vlr_weight.numpy()[keep] * self.metric_on
+        table["vlr_step_ratio"] = regions.step_ratio.numpy()[keep] * self.metric_on[:, None]
+        table["vlr_step_weight"] = regions.step_weight.numpy()[keep] * self.metric_on[:, None]
         level_starts = np.cumsum([0, *counts])
         cuts = np.searchsorted(keep, level_starts)
         table["loc"] = keep - np.repeat(level_starts[:-1], np.diff(cuts))

@@ -10,7 +10,12 @@
   the anchor with the best-IoU GT among those it is VLR for.
 
 For re-thresholding without a new dump, each anchor also gets ``ratio`` = the largest ``d / thr``
-below 1 over its GTs. The anchor is VLR at any gamma exactly when ``ratio >= gamma``.
+below 1 over its GTs: the anchor is VLR at any gamma exactly when ``ratio >= gamma``. Its weight
+at a gamma is the largest IoU over the GTs with ``gamma <= d / thr < 1``, a step function of
+gamma: the steps are the GTs that no GT of a larger ratio beats in IoU. Up to ``VLR_STEPS`` of
+them are kept, those of the smallest ratios, so the weight is exact at the dump's gamma always
+and at a raised gamma up to the largest kept ratio (every step, unless an anchor is VLR for more
+than ``VLR_STEPS`` GTs of rising IoU).
 
 One pass computes the centre distances once, for ATSS and the DIoU penalty, needs IoUs only at
 ATSS's candidates, and evaluates the VLR metrics only on anchors that overlap some GT: without an
@@ -26,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import BadInputError
-from ..store.format import VLR_METRICS
+from ..store.format import VLR_METRICS, VLR_STEPS
 
 # mmdet's bbox_overlaps floor on the union (or on the anchor's area, for IoF).
 _OVERLAP_EPS = 1e-6
@@ -42,11 +47,28 @@ class Regions:
 
     main: torch.Tensor  # bool [A]: ATSS positive
     vlr_ratio: torch.Tensor  # float32 [A, len(VLR_METRICS)]: largest d/thr below 1 (0 if none)
-    vlr_weight: torch.Tensor  # float32 [A, len(VLR_METRICS)]: IoU with the chosen GT (0 if not VLR)
+    step_ratio: torch.Tensor  # float32 [A, len(VLR_METRICS), VLR_STEPS]: d/thr of each weight step (0: none)
+    step_weight: torch.Tensor  # float32 [A, len(VLR_METRICS), VLR_STEPS]: IoU of each weight step
 
     def vlr(self, gamma: float) -> torch.Tensor:
         """bool [A, metrics]: VLR membership at this gamma."""
         return self.vlr_ratio >= gamma
+
+    def weight_at(self, gamma: float) -> torch.Tensor:
+        """float32 [A, metrics]: the IoU weight at this gamma (0 where not VLR)."""
+        return vlr_weight_at(self.step_ratio, self.step_weight, gamma)
+
+
+def vlr_weight_at(step_ratio: torch.Tensor, step_weight: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The VLR weight [...] at `gamma` from its steps [..., VLR_STEPS]: the largest IoU of a GT
+    with ``gamma <= d / thr``."""
+    return (step_weight * (step_ratio >= gamma)).amax(-1)
+
+
+def vlr_weight_known(vlr_ratio: torch.Tensor, step_ratio: torch.Tensor, gamma: float) -> torch.Tensor:
+    """bool [...]: False where the row is VLR at `gamma` but the step its weight lies on was not
+    kept (the row was VLR for more than VLR_STEPS GTs of rising IoU)."""
+    return (vlr_ratio < gamma) | (step_ratio.amax(-1) >= gamma)
 
 
 _Coords = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -149,9 +171,10 @@ def compute_regions(anchors: torch.Tensor, num_level_anchors: list[int], gt_bbox
     num_anchors = anchors.size(0)
     main = anchors.new_zeros(num_anchors, dtype=torch.bool)
     vlr_ratio = anchors.new_zeros((num_anchors, len(VLR_METRICS)))
-    vlr_weight = torch.zeros_like(vlr_ratio)
+    step_ratio = anchors.new_zeros((num_anchors, len(VLR_METRICS), VLR_STEPS))
+    step_weight = torch.zeros_like(step_ratio)
     if gt_bboxes.numel() == 0 or num_anchors == 0:
-        return Regions(main, vlr_ratio, vlr_weight)
+        return Regions(main, vlr_ratio, step_ratio, step_weight)
 
     box = _coords(anchors)
     distance_sq = _centre_distance_sq(box, _gt_coords(gt_bboxes))
@@ -162,7 +185,7 @@ def compute_regions(anchors: torch.Tensor, num_level_anchors: list[int], gt_bbox
     has_vlr = thr > 0
     thr = thr[has_vlr]
     if thr.numel() == 0:
-        return Regions(main, vlr_ratio, vlr_weight)
+        return Regions(main, vlr_ratio, step_ratio, step_weight)
     gt = _gt_coords(gt_bboxes[has_vlr])
     # Only anchors that overlap a GT can have a VLR metric above 0; the others keep ratio 0, weight 0.
     w, h = _overlap_wh(box, gt)
@@ -177,5 +200,27 @@ def compute_regions(anchors: torch.Tensor, num_level_anchors: list[int], gt_bbox
     from_gamma = (ratio - gamma).sign().add(1).clamp(max=1)
     # A ratio of 1 or more counts as 0 here, which the final clamp to 0 makes harmless.
     vlr_ratio.index_copy_(0, rows, (ratio * below_one).amax(0).clamp(min=0).t())
-    vlr_weight.index_copy_(0, rows, (iou[:, None] * (below_one * from_gamma)).amax(0).t())
-    return Regions(main, vlr_ratio, vlr_weight)
+    ratios, weights = _weight_steps(ratio, iou[:, None] * (below_one * from_gamma))
+    step_ratio.index_copy_(0, rows, ratios)
+    step_weight.index_copy_(0, rows, weights)
+    return Regions(main, vlr_ratio, step_ratio, step_weight)
+
+
+def _weight_steps(ratio: torch.Tensor, eligible_iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The steps of the VLR weight as a function of gamma, from the GTs' ratios and IoUs [G, M, R]
+    (IoU 0 where a GT is not VLR for the anchor at the dump's gamma): (ratio, IoU) [R, M, VLR_STEPS]
+    of the GTs whose IoU beats every GT of a larger ratio, those of the smallest ratios first."""
+    eligible = eligible_iou > 0
+    order = torch.where(eligible, ratio, -1.0).argsort(dim=0, descending=True)
+    sorted_ratio, sorted_iou = ratio.gather(0, order), eligible_iou.gather(0, order)
+    best_before = torch.cat([torch.zeros_like(sorted_iou[:1]), sorted_iou.cummax(0).values[:-1]])
+    on_step = sorted_iou > best_before
+    # The steps of smallest ratio are the last ones in the sorted order: take the largest positions.
+    position = on_step * torch.arange(1, len(order) + 1, device=order.device)[:, None, None]
+    kept, pick = position.topk(min(VLR_STEPS, len(order)), dim=0)
+    kept = kept > 0
+    ratios = sorted_ratio.gather(0, pick) * kept
+    weights = sorted_iou.gather(0, pick) * kept
+    pad = VLR_STEPS - len(pick)
+    ratios, weights = (torch.nn.functional.pad(t.permute(2, 1, 0), (0, pad)) for t in (ratios, weights))
+    return ratios, weights

@@ -146,7 +146,10 @@ def location_report(reader: StoreReader, record: int, targets: LDTargets, level:
         "image_xy": [(loc % grid_w) * stride, (loc // grid_w) * stride], "tau": tau,
         "regions": [name for name, bit in REGION_FLAGS.items() if flags & bit],
         "vlr_ratio": dict(zip(VLR_METRICS, rows.vlr_ratio[row].astype(float).tolist())),
-        "vlr_weight": dict(zip(VLR_METRICS, rows.vlr_weight[row].astype(float).tolist())),
+        # The weight at the store's gamma; at a raised gamma it is the largest step IoU whose ratio reaches it.
+        "vlr_weight": dict(zip(VLR_METRICS, rows.vlr_step_weight[row].max(axis=-1).astype(float).tolist())),
+        "vlr_weight_steps": {m: [[float(r), float(w)] for r, w in zip(*steps) if w > 0]
+                             for m, *steps in zip(VLR_METRICS, rows.vlr_step_ratio[row], rows.vlr_step_weight[row])},
         "edge_distributions": {e: probs[i].tolist() for i, e in enumerate(EDGES)},
         "edge_entropy": dict(zip(EDGES, edge_entropy(rows.reg[row], tau).tolist())),
         "top_classes": [{"class": classes[i], "logit": float(cls[i]), "score": float(1 / (1 + np.exp(-cls[i])))}
@@ -158,7 +161,8 @@ def print_location(report: dict) -> None:
     say = console.out.print
     say(f"[bold]P{report['level'] + 3}[/] (stride {report['stride']}) grid {report['grid_xy']} = "
         f"image {report['image_xy']}; regions: {', '.join(report['regions']) or 'none'}; "
-        f"VLR ratio {report['vlr_ratio']}, weight {report['vlr_weight']}")
+        f"VLR ratio {report['vlr_ratio']}, weight {report['vlr_weight']} "
+        f"(steps of (ratio, IoU): {report['vlr_weight_steps']})")
     bins = len(next(iter(report["edge_distributions"].values())))
     for edge, probs in report["edge_distributions"].items():
         say(f"[bold]{edge}[/] edge, tau {report['tau']}, entropy {report['edge_entropy'][edge]:.3f} nats "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 STATUS_CREATED, STATUS_MASKS, STATUS_COMPLETE = "created", "masks-written", "complete"
 STATUSES = (STATUS_CREATED, STATUS_MASKS, STATUS_COMPLETE)
 REGION_MODES = ("distill", "dense")
@@ -14,10 +14,13 @@ VLR_METRICS = ("official", "diou")
 # Flag bits of a row: which region it belongs to at the dump's gamma.
 FLAG_MAIN, FLAG_VLR_OFFICIAL, FLAG_VLR_DIOU = 1, 2, 4
 REGION_FLAGS = {"main": FLAG_MAIN, "vlr_official": FLAG_VLR_OFFICIAL, "vlr_diou": FLAG_VLR_DIOU}
+# The IoU weight of a VLR row as a step function of gamma: at most this many (ratio, IoU) steps.
+VLR_STEPS = 4
 MASK_DTYPE = np.dtype([
     ("loc", "<i4"),  # y * W_l + x on the level's per-image grid
     ("flags", "u1"),
     ("vlr_ratio", "<f4", (2,)),  # largest d/thr below 1, per VLR metric (official, diou)
-    ("vlr_weight", "<f2", (2,)),  # IoU with the chosen GT, per VLR metric
+    ("vlr_step_ratio", "<f4", (2, VLR_STEPS)),  # per metric: d/thr of the GTs on the weight's steps
+    ("vlr_step_weight", "<f4", (2, VLR_STEPS)),  # their IoUs; weight(gamma) = max IoU with ratio >= gamma
 ])
 

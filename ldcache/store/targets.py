@@ -19,7 +19,8 @@ class LevelRows:
     loc: np.ndarray  # int32 [R]: y * W_l + x on the per-image grid
     flags: np.ndarray  # uint8 [R]
     vlr_ratio: np.ndarray  # float32 [R, 2]
-    vlr_weight: np.ndarray  # float16 [R, 2]
+    vlr_step_ratio: np.ndarray  # float32 [R, 2, VLR_STEPS]
+    vlr_step_weight: np.ndarray  # float32 [R, 2, VLR_STEPS]
     reg: np.ndarray  # [R, 4, reg_max + 1] edge-distribution logits
     cls: np.ndarray  # [R, num_classes] class logits
 
@@ -42,7 +43,7 @@ class LDTargets:
         lo, hi = int(self.level_ptr[index]), int(self.level_ptr[index + 1])
         m, v = self.masks[lo:hi], self.values[lo:hi]
         split = 4 * self.bins
-        return LevelRows(m["loc"], m["flags"], m["vlr_ratio"], m["vlr_weight"],
+        return LevelRows(m["loc"], m["flags"], m["vlr_ratio"], m["vlr_step_ratio"], m["vlr_step_weight"],
                          v[:, :split].reshape(-1, 4, self.bins), v[:, split:])
 
     def levels(self) -> list[LevelRows]:

@@ -7,13 +7,21 @@ import numpy as np
 import torch
 from mmdet.models.dense_heads import GFLHead
 from mmdet.registry import MODELS
+from mmdet.utils import reduce_mean
 
 from ..errors import BadInputError, StoreMismatchError
-from ..store.format import VLR_METRICS
+from ..dump.regions import vlr_weight_at, vlr_weight_known
+from ..store.format import VLR_METRICS, VLR_STEPS
 
-NORMALIZE_MODES = ("official", "per_location")
+NORMALIZE_MODES = ("official", "per_image", "weight_sum")
+KD_REDUCTIONS = ("official", "class_sum")
 # Main and VLR LD divisors of the official code, whatever the number of rows.
 OFFICIAL_LD_AVG = {"loss_ld": 4.0, "loss_ld_vlr": 16.0}
+# The official recipe's images per GPU: 'per_image' equals 'official' there.
+OFFICIAL_IMAGES_PER_GPU = 2
+# The class count the official KD weight was tuned on (COCO): 'class_sum' equals 'official' there.
+KD_REFERENCE_CLASSES = 80
+EDGES = 4
 
 
 @MODELS.register_module()
@@ -24,14 +32,34 @@ class CachedLDHead(GFLHead):
     :class:`~ldcache.store.targets.LDTargets`): from a store through the ``LoadLDTargets``
     transform (cached LD), or from a live teacher through ``OnlineLDGFL`` (online LD). No teacher
     runs here. Every term is computed per FPN level with mmdet's ``KnowledgeDistillationKLDivLoss``
-    (KL at temperature T, mean over the bins or classes, times T^2):
+    (``KL(softmax(t / T) || softmax(s / T))`` averaged over the bins or classes, times T^2):
 
-    - Main LD: edge distributions at the student's ATSS positives, each edge weighted by the
-      student's own max class score (as the official code does).
-    - VLR LD: edge distributions at the VLR rows (``vlr_ratio >= vlr_gamma`` for ``vlr_metric``),
-      weighted by the row's stored IoU weight.
-    - Main KD / VLR KD: class logits (softmax over the classes) at the same rows, weighted by the
-      label weights, averaged over the level's rows.
+    - Main LD: the 4 edge distributions at the student's ATSS positives, each edge weighted by
+      the student's own max class score ``w`` (as the official code does).
+    - VLR LD: edge distributions at the VLR rows (``vlr_gamma * thr <= d < thr`` for
+      ``vlr_metric``), each weighted by its IoU weight ``v`` (IoU with the best-IoU GT the
+      location is VLR for at ``vlr_gamma``).
+    - Main KD / VLR KD: class logits (softmax over the C classes) at the same rows, weighted by
+      the label weights, divided by the level's row count on this GPU (as the official code does).
+
+    With ``KL_e`` the KL of edge e of a row, ``B`` the images on this GPU, sums over the rows of
+    this GPU's batch on one level, and ``S_w``, ``S_v`` the sums of ``w`` and ``v`` over all
+    levels and images, averaged over the GPUs and floored at 1 (as GFL divides its DFL):
+
+    ================  ============================================  ======================================
+    ``normalize``     Main LD                                       VLR LD
+    ================  ============================================  ======================================
+    ``'official'``    ``weight * sum(w * KL_e) / 4``                ``weight * sum(v * KL_e) / 16``
+    ``'per_image'``   ``weight * sum(w * KL_e) / (4 * B / 2)``      ``weight * sum(v * KL_e) / (16 * B / 2)``
+    ``'weight_sum'``  ``weight * sum(w * KL_e) / (4 * S_w)``        ``weight * sum(v * KL_e) / (4 * S_v)``
+    ================  ============================================  ======================================
+
+    ``'official'`` grows with the images per GPU and the objects per image (the official code's
+    known fault). ``'per_image'`` equals it at 2 images per GPU (the paper's setting) and keeps
+    the LD strength per image at any other count of images per GPU or of GPUs. ``'weight_sum'``
+    is a weighted mean KL per edge, independent of the objects per image too; its loss weights
+    are calibrated in ``docs/normalization.md`` (about 6.3 for Main LD and 5.2 for VLR LD give
+    the official strength on COCO at 2 images per GPU).
 
     Args:
         loss_ld (dict, optional): Main LD loss config. Defaults to weight 0.25, T=10. ``None``
@@ -41,12 +69,16 @@ class CachedLDHead(GFLHead):
         loss_kd_vlr (dict, optional): VLR KD loss config. Defaults to None (off, as in the
             paper's best setting).
         vlr_gamma (float): VLR lower bound: a row is VLR when ``gamma * thr <= d < thr``. Any
-            value at or above the store's gamma. Defaults to 0.25.
+            value at or above the store's gamma (rows and weights are then exactly those of an
+            online computation at this gamma). Defaults to 0.25.
         vlr_metric (str): ``'official'`` (IoF minus the DIoU penalty, as the official code
             computes it) or ``'diou'`` (the paper's DIoU). Defaults to ``'official'``.
-        normalize (str): ``'official'``: Main LD / 4 and VLR LD / 16 whatever the number of rows,
-            so LD grows with the batch (as the official code does); ``'per_location'``: each
-            divided by 4 x its rows on the level. Defaults to ``'official'``.
+        normalize (str): How the LD terms are normalised: ``'official'``, ``'per_image'`` or
+            ``'weight_sum'`` (table above). Defaults to ``'official'``.
+        kd_reduction (str): ``'official'``: KD averaged over the C classes, so one weight is
+            80/C times stronger on C classes than on COCO; ``'class_sum'``: KD summed over the
+            classes and divided by 80, equal to ``'official'`` on 80 classes and of the same
+            strength per location at any class count. Defaults to ``'official'``.
         use_dfl (bool): Keep GFL's DFL term. Defaults to True.
         **kwargs: GFLHead's arguments.
     """
@@ -59,20 +91,28 @@ class CachedLDHead(GFLHead):
                  vlr_gamma: float = 0.25,
                  vlr_metric: str = "official",
                  normalize: str = "official",
+                 kd_reduction: str = "official",
                  use_dfl: bool = True,
                  **kwargs):
         super().__init__(*args, **kwargs)
-        if vlr_metric not in VLR_METRICS:
-            raise BadInputError(f"vlr_metric must be one of {VLR_METRICS}, not {vlr_metric!r}")
-        if normalize not in NORMALIZE_MODES:
-            raise BadInputError(f"normalize must be one of {NORMALIZE_MODES}, not {normalize!r}")
+        for name, value, choices in (("vlr_metric", vlr_metric, VLR_METRICS),
+                                     ("normalize", normalize, NORMALIZE_MODES),
+                                     ("kd_reduction", kd_reduction, KD_REDUCTIONS)):
+            if value not in choices:
+                raise BadInputError(f"CachedLDHead: {name} must be one of {choices}, not {value!r}")
+        if self.num_classes == 1 and (loss_kd or loss_kd_vlr):
+            raise BadInputError(
+                "CachedLDHead: KD compares softmax distributions over the classes, and over one class "
+                "they are both 1: the loss would be 0 at every step. Set loss_kd=None and loss_kd_vlr=None "
+                "for a one-class dataset")
         self.ld_losses = {name: MODELS.build(cfg) if cfg else None for name, cfg in (
             ("loss_ld", loss_ld), ("loss_ld_vlr", loss_ld_vlr), ("loss_kd", loss_kd),
             ("loss_kd_vlr", loss_kd_vlr))}
-        self.vlr_gamma, self.vlr_metric, self.normalize, self.use_dfl = vlr_gamma, vlr_metric, normalize, use_dfl
+        self.vlr_gamma, self.vlr_metric, self.use_dfl = vlr_gamma, vlr_metric, use_dfl
+        self.normalize, self.kd_reduction = normalize, kd_reduction
         self._targets = None
         self._rows_missing: list[torch.Tensor] = []
-        self._missing_counts: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
+        self._pending_counts: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
 
     def get_targets(self, *args, **kwargs):
         # Keep the ATSS assignment of this step for the LD terms: computing it once saves a
@@ -90,13 +130,19 @@ class CachedLDHead(GFLHead):
         self._targets = None
         rows = self._batch_rows([self._targets_of(meta) for meta in batch_img_metas],
                                 [tuple(c.shape[-2:]) for c in cls_scores], cls_scores[0].device)
-        per_level = [self._ld_terms(level, cls_scores[level], bbox_preds[level], labels_list[level],
-                                    label_weights_list[level], rows)
-                     for level in range(len(cls_scores))]
+        levels = [self._level_rows(level, cls_scores[level], bbox_preds[level], labels_list[level],
+                                   label_weights_list[level], rows)
+                  for level in range(len(cls_scores))]
+        divisors = self._ld_divisors(levels, len(batch_img_metas))
         for name, loss in self.ld_losses.items():
             if loss is not None:
-                losses[name] = [terms[name] for terms in per_level]
-        self._check_missing_rows()
+                losses[name] = [self._term(name, level, divisors.get(name)) for level in levels]
+        # Logged, not a loss: the mean Main LD weight (the student's confidence at its positives),
+        # the figure that calibrates 'weight_sum' (docs/normalization.md).
+        losses["ld_main_weight_mean"] = (sum(level.ld_weight["loss_ld"].sum() for level in levels)
+                                         / sum(level.main.sum() for level in levels).clamp(min=1))
+        unknown = rows.weight_unknown_at(self.vlr_gamma) if self.ld_losses["loss_ld_vlr"] else rows.ratio[:0]
+        self._check_rows(unknown)
         return losses
 
     @staticmethod
@@ -107,8 +153,8 @@ class CachedLDHead(GFLHead):
                                 "pipeline, or train online with OnlineLDGFL")
         return meta["ld_targets"]
 
-    def _ld_terms(self, level: int, cls_score, bbox_pred, labels, label_weights, rows: _BatchRows) -> dict:
-        """The switched-on LD/KD terms of one level: {name: loss}.
+    def _level_rows(self, level: int, cls_score, bbox_pred, labels, label_weights, rows: _BatchRows) -> _LevelRows:
+        """Student and teacher logits at the teacher rows of one level, with each region's weights.
 
         Every term runs over all teacher rows of the level, with the rows outside its region
         weighted 0, so that no step waits for the GPU to count a region's rows."""
@@ -118,63 +164,82 @@ class CachedLDHead(GFLHead):
         labels, label_weights = labels.reshape(-1), label_weights.reshape(-1)
         positive = (labels >= 0) & (labels < self.num_classes)
         positive_row = positive[index].float()
-        num_positives = positive.sum()
         # A positive of the student without a teacher row means a store that does not fit. It is
-        # counted on the device and checked once the count has arrived (see _check_missing_rows).
-        self._rows_missing.append(num_positives - positive_row.sum())
-        if hi == lo:
-            zero = bbox_pred.sum() * 0
-            return {name: zero for name, loss in self.ld_losses.items() if loss is not None}
-        student_cls = cls_score.permute(0, 2, 3, 1).reshape(-1, self.cls_out_channels)[index]
-        student_reg = bbox_pred.permute(0, 2, 3, 1).reshape(-1, 4 * bins)[index].reshape(-1, bins)
-        teacher_reg, teacher_cls = values[:, :4 * bins].reshape(-1, bins), values[:, 4 * bins:]
-
+        # counted on the device and checked once the count has arrived (see _check_rows).
+        self._rows_missing.append(positive.sum() - positive_row.sum())
         vlr_row = (rows.ratio[lo:hi] >= self.vlr_gamma).float()
         # Main LD weighs each edge by the student's own confidence, VLR LD by the row's IoU weight.
         confidence = cls_score.detach().sigmoid().permute(0, 2, 3, 1).reshape(-1, self.cls_out_channels)[index]
-        regions = {"main": (positive_row, positive_row * confidence.max(dim=1).values, num_positives),
-                   "vlr": (vlr_row, vlr_row * rows.weight[lo:hi], vlr_row.sum())}
-        terms = {}
-        for name, region, kind in (("loss_ld", "main", "edges"), ("loss_ld_vlr", "vlr", "edges"),
-                                   ("loss_kd", "main", "classes"), ("loss_kd_vlr", "vlr", "classes")):
-            loss = self.ld_losses[name]
-            if loss is None:
-                continue
-            member, ld_weight, count = regions[region]
-            if kind == "edges":
-                avg = OFFICIAL_LD_AVG[name] if self.normalize == "official" else 4.0 * count
-                terms[name] = loss(student_reg, teacher_reg, weight=ld_weight[:, None].expand(-1, 4).reshape(-1),
-                                   avg_factor=avg)
-            else:
-                terms[name] = loss(student_cls, teacher_cls, weight=member * label_weights[index], avg_factor=count)
-        return terms
+        return _LevelRows(
+            student_cls=cls_score.permute(0, 2, 3, 1).reshape(-1, self.cls_out_channels)[index],
+            student_reg=bbox_pred.permute(0, 2, 3, 1).reshape(-1, EDGES * bins)[index].reshape(-1, bins),
+            teacher_reg=values[:, :EDGES * bins].reshape(-1, bins), teacher_cls=values[:, EDGES * bins:],
+            main=positive_row, vlr=vlr_row,
+            ld_weight={"loss_ld": positive_row * confidence.max(dim=1).values,
+                       "loss_ld_vlr": vlr_row * rows.weight_at(self.vlr_gamma)[lo:hi]},
+            label_weight=label_weights[index],
+            empty=hi == lo, zero=bbox_pred.sum() * 0)
 
-    def _check_missing_rows(self) -> None:
-        """Refuse a store whose rows miss positives of the student. On a GPU the count is copied to
-        the host without waiting and checked at a later step, once it has arrived."""
-        missing = torch.stack(self._rows_missing).sum()
+    def _ld_divisors(self, levels: list[_LevelRows], num_images: int) -> dict:
+        """The divisor of each LD term (class docstring's table): a number or a device tensor."""
+        if self.normalize == "official":
+            return dict(OFFICIAL_LD_AVG)
+        if self.normalize == "per_image":
+            return {name: avg * num_images / OFFICIAL_IMAGES_PER_GPU for name, avg in OFFICIAL_LD_AVG.items()}
+        divisors = {}
+        for name in OFFICIAL_LD_AVG:
+            total = sum(level.ld_weight[name].sum() for level in levels)
+            divisors[name] = EDGES * reduce_mean(total).clamp(min=1)
+        return divisors
+
+    def _term(self, name: str, level: _LevelRows, ld_divisor) -> torch.Tensor:
+        """One LD or KD term on one level."""
+        if level.empty:
+            return level.zero
+        loss = self.ld_losses[name]
+        if name in OFFICIAL_LD_AVG:
+            weight = level.ld_weight[name][:, None].expand(-1, EDGES).reshape(-1)
+            return loss(level.student_reg, level.teacher_reg, weight=weight, avg_factor=ld_divisor)
+        member = level.main if name == "loss_kd" else level.vlr
+        term = loss(level.student_cls, level.teacher_cls, weight=member * level.label_weight,
+                    avg_factor=member.sum())
+        if self.kd_reduction == "class_sum":
+            term = term * (self.cls_out_channels / KD_REFERENCE_CLASSES)
+        return term
+
+    def _check_rows(self, unknown_weights: torch.Tensor) -> None:
+        """Refuse a store whose rows miss positives of the student, or whose VLR weights at this
+        gamma were not kept. On a GPU the counts are copied to the host without waiting and checked
+        at a later step, once they have arrived."""
+        counts = torch.stack([torch.stack(self._rows_missing).sum().float(), unknown_weights.sum().float()])
         self._rows_missing = []
-        if missing.device.type == "cuda":
-            host = torch.empty((), dtype=missing.dtype, pin_memory=True)
-            host.copy_(missing, non_blocking=True)
+        if counts.device.type == "cuda":
+            host = torch.empty(counts.shape, dtype=counts.dtype, pin_memory=True)
+            host.copy_(counts, non_blocking=True)
             arrived = torch.cuda.Event()
             arrived.record()
-            self._missing_counts.append((host, arrived))
+            self._pending_counts.append((host, arrived))
         else:
-            self._missing_counts.append((missing, None))
-        while self._missing_counts and (self._missing_counts[0][1] is None or self._missing_counts[0][1].query()):
-            count = int(self._missing_counts.pop(0)[0])
-            if count > 0:
+            self._pending_counts.append((counts, None))
+        while self._pending_counts and (self._pending_counts[0][1] is None or self._pending_counts[0][1].query()):
+            missing, unknown = (int(c) for c in self._pending_counts.pop(0)[0])
+            if missing > 0:
                 raise StoreMismatchError(
-                    f"{count} ATSS positive location(s) of the student had no cached teacher row. The store's "
+                    f"{missing} ATSS positive location(s) of the student had no cached teacher row. The store's "
                     "regions do not match this student's assignment (anchors, topk or GT boxes differ), or the "
                     "store was dumped with --region distill for another dataset; re-dump for this config")
+            if unknown > 0:
+                raise StoreMismatchError(
+                    f"{unknown} VLR row(s) at vlr_gamma={self.vlr_gamma} are VLR for more than {VLR_STEPS} GTs of "
+                    "rising IoU, and their weight at this gamma was not kept in the store. Dump with "
+                    f"--gamma {self.vlr_gamma} for this gamma")
 
     def _batch_rows(self, targets: list, grids: list[tuple[int, int]], device) -> _BatchRows:
         """The teacher rows of the whole batch, level after level, moved to `device` at once: flat
-        index into each level's (B, H, W) grid, values, VLR ratio and weight of the configured metric."""
+        index into each level's (B, H, W) grid, values, and the VLR ratio and weight steps of the
+        configured metric."""
         metric = VLR_METRICS.index(self.vlr_metric)
-        index, values, ratio, weight, bounds = [], [], [], [], []
+        index, values, ratio, step_ratio, step_weight, bounds = [], [], [], [], [], []
         for level, (height, width) in enumerate(grids):
             first = sum(len(i) for i in index)
             for i, t in enumerate(targets):
@@ -185,10 +250,12 @@ class CachedLDHead(GFLHead):
                 index.append(i * height * width + (loc // grid_w) * width + loc % grid_w)
                 values.append(t.values[lo:hi])
                 ratio.append(masks["vlr_ratio"][:, metric])
-                weight.append(masks["vlr_weight"][:, metric])
+                step_ratio.append(masks["vlr_step_ratio"][:, metric])
+                step_weight.append(masks["vlr_step_weight"][:, metric])
             bounds.append((first, sum(len(i) for i in index)))
-        return _BatchRows(_to_device(index, np.int64, device), _to_device(values, np.float32, device),
-                          _to_device(ratio, np.float32, device), _to_device(weight, np.float32, device), bounds)
+        return _BatchRows(*(_to_device(parts, dtype, device) for parts, dtype in (
+            (index, np.int64), (values, np.float32), (ratio, np.float32), (step_ratio, np.float32),
+            (step_weight, np.float32))), bounds)
 
 
 @dataclass
@@ -197,9 +264,34 @@ class _BatchRows:
 
     index: torch.Tensor  # int64 [R]: flat index into the level's (B, H, W) grid
     values: torch.Tensor  # float32 [R, 4 * bins + C]
-    ratio: torch.Tensor  # float32 [R]
-    weight: torch.Tensor  # float32 [R]
+    ratio: torch.Tensor  # float32 [R]: VLR at gamma when ratio >= gamma
+    step_ratio: torch.Tensor  # float32 [R, VLR_STEPS]
+    step_weight: torch.Tensor  # float32 [R, VLR_STEPS]
     level_bounds: list[tuple[int, int]]
+
+    def weight_at(self, gamma: float) -> torch.Tensor:
+        """float32 [R]: each row's VLR weight at `gamma`."""
+        return vlr_weight_at(self.step_ratio, self.step_weight, gamma)
+
+    def weight_unknown_at(self, gamma: float) -> torch.Tensor:
+        """bool [R]: VLR rows at `gamma` whose weight lies on a step the store did not keep."""
+        return ~vlr_weight_known(self.ratio, self.step_ratio, gamma)
+
+
+@dataclass
+class _LevelRows:
+    """One level's rows: the student's and teacher's logits there and each region's weights."""
+
+    student_cls: torch.Tensor  # [R, C]
+    student_reg: torch.Tensor  # [R * 4, bins]
+    teacher_reg: torch.Tensor  # [R * 4, bins]
+    teacher_cls: torch.Tensor  # [R, C]
+    main: torch.Tensor  # float32 [R]: 1 at the student's ATSS positives
+    vlr: torch.Tensor  # float32 [R]: 1 at VLR rows
+    ld_weight: dict  # {"loss_ld", "loss_ld_vlr"}: float32 [R] row weights, 0 outside the region
+    label_weight: torch.Tensor  # float32 [R]
+    empty: bool
+    zero: torch.Tensor  # a 0 that keeps the graph
 
 
 def _to_device(parts: list, dtype, device) -> torch.Tensor:
