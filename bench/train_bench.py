@@ -42,7 +42,7 @@ def student_config(mode: str, store: Path, teacher: tuple[Path, Path]):
     if mode == "plain":
         cfg.model.bbox_head = {k: v for k, v in cfg.model.bbox_head.items()
                                if k not in ("loss_ld", "loss_ld_vlr", "loss_kd", "loss_kd_vlr", "vlr_gamma",
-                                            "vlr_metric", "normalize")}
+                                            "vlr_metric", "normalize", "kd_reduction")}
         cfg.model.bbox_head["type"] = "GFLHead"
         pipeline = cfg.train_dataloader.dataset.pipeline
         pipeline[:] = [s for s in pipeline if s["type"] != "LoadLDTargets"]

@@ -22,6 +22,14 @@ def dump_args(root, teacher, out, *extra) -> list[str]:
             "--block-size", "4", *extra]
 
 
+# The paper's LD terms (Main LD + VLR LD + Main KD at the official weights), for tests that need
+# every term on whatever recipe the tiny config holds.
+PAPER_TERMS = dict(
+    loss_ld=dict(type="KnowledgeDistillationKLDivLoss", loss_weight=0.25, T=10),
+    loss_ld_vlr=dict(type="KnowledgeDistillationKLDivLoss", loss_weight=0.25, T=10),
+    loss_kd=dict(type="KnowledgeDistillationKLDivLoss", loss_weight=10, T=2))
+
+
 def cached_cfg(store, flip: float = 0.0, **head):
     """The tiny cached-LD student config reading `store`, with RandomFlip at probability `flip`."""
     from mmengine.config import Config

@@ -18,12 +18,16 @@ def test_demo_runs_end_to_end_and_reuses_its_steps(shapes_root, tmp_path):
     env = {**os.environ, **env_home}
     first = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     assert first.returncode == 0, first.stderr[-4000:]
-    for step in ("teacher", "dump", "student_plain", "student_cached_ld"):
+    for step in ("teacher", "dump", "student_plain", "student_cached_ld", "parity"):
         assert (work / step / "metrics.json").is_file(), step
     cached = json.loads((work / "student_cached_ld" / "metrics.json").read_text())
     assert "bbox_mAP" in cached and cached["seconds"] > 0
+    parity = json.loads((work / "parity" / "metrics.json").read_text())
+    # The trained student's LD terms from the store and from the live teacher: the same.
+    assert 0 <= parity["relative_difference"] < 1e-3 and parity["teacher_forward_seconds"] > 0
     assert "student R18, cached LD" in first.stdout and "teacher dump" in first.stdout
+    assert "cached = online" in first.stdout and "committed experiment" in first.stdout
     assert (work / "inspect.png").read_bytes()[:4] == b"\x89PNG"
     second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert second.returncode == 0, second.stderr[-4000:]
-    assert second.stdout.count("reusing") == 4
+    assert second.stdout.count("reusing") == 5

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS, dump_args as _dump_args, run_dump_cli as _run_cli
+from conftest import CONFIGS, PAPER_TERMS, dump_args as _dump_args, run_dump_cli as _run_cli
 from ldcache.errors import LDCacheError
 from ldcache.store.format import FLAG_MAIN, STATUS_COMPLETE
 from ldcache.store.reader import StoreReader, open_store
@@ -381,7 +381,7 @@ def test_size_options_store_what_training_needs_and_readers_refuse_the_rest(refe
     assert torch.cat(edge_kl).mean() < 1e-5  # q8 edge distributions at T=10
 
     ids = [int(i) for i in small.image_ids]
-    head_cfg = Config.fromfile(str(CONFIGS / "tiny/ld_r18_tiny_cached.py")).model.bbox_head
+    head_cfg = {**Config.fromfile(str(CONFIGS / "tiny/ld_r18_tiny_cached.py")).model.bbox_head, **PAPER_TERMS}
     check_store_fits(small, None, ids, MODELS.build({**head_cfg, "vlr_metric": "diou"}))
     check_store_fits(small, None, ids, MODELS.build({**head_cfg, "loss_ld_vlr": None}))  # no VLR term
     with pytest.raises(LDCacheError, match="re-dump with --vlr-metric official"):

@@ -180,25 +180,17 @@ def scene(tmp_path_factory, random_teacher):
 
 def _models(scene, random_teacher):
     """The cached student (all four terms on), its online twin with the same weights, and the
-    batch of both images."""
-    from mmdet.registry import DATASETS, MODELS
-    from mmdet.utils import register_all_modules
+    scene's two samples."""
+    from mmdet.registry import DATASETS
     from mmengine.dataset import pseudo_collate
 
-    import ldcache.train  # noqa: F401
-    from ldcache.train.student import use_online_teacher
+    from ldcache.train.student import student_and_online_twin
 
     root, ann, store = scene
-    register_all_modules()
     cfg = cached_cfg(store, **copy.deepcopy(TERMS))
     cfg.train_dataloader.dataset.update(data_root="", ann_file=str(ann), data_prefix=dict(img=str(root / "images") + "/"))
     torch.manual_seed(3)
-    student = MODELS.build(cfg.model)
-    student.init_weights()
-    online_cfg = copy.deepcopy(cfg)
-    use_online_teacher(online_cfg, TEACHER_CONFIG, random_teacher)
-    online = MODELS.build(online_cfg.model)
-    online.load_state_dict(student.state_dict())
+    student, online = student_and_online_twin(cfg, TEACHER_CONFIG, random_teacher)
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     return student, online, [dataset[0], dataset[1]], pseudo_collate
 
@@ -240,7 +232,7 @@ def _assert_terms(got: dict, want: dict, context) -> None:
     hundred rows moves by more than this with one row more or less, or any wrong factor)."""
     for name in TERMS:
         for level, (g, w) in enumerate(zip(got[name], want[name])):
-            assert float(g) == pytest.approx(w, rel=2e-4, abs=1e-9), (context, name, level)
+            assert float(g.detach()) == pytest.approx(w, rel=2e-4, abs=1e-9), (context, name, level)
 
 
 # Each normalisation with each metric, at the store's gamma and a raised one; KD options alternate.
@@ -268,7 +260,7 @@ def test_terms_equal_the_reference_cached_and_online(scene, random_teacher):
         batch_cls, batch_reg = teacher.bbox_head(teacher.extract_feat(inputs))
     in_batch = [([c[i:i + 1, :, :h, :w] for c, (h, w) in zip(batch_cls, grid)],
                  [r[i:i + 1, :, :h, :w] for r, (h, w) in zip(batch_reg, grid)]) for i, grid in enumerate(grids)]
-    seen = {"several VLR GTs": 0, "positive and VLR": 0, "small box positives": 0}
+    seen = {"several VLR GTs": 0, "positive and VLR": 0, "small box positives": 0, "weight moved by gamma": 0}
     for normalize, metric, gamma, kd_reduction in CASES:
         regions = [reference_regions(*s.pad_shape, gt, gamma, metric) for s, gt in zip(samples, gts)]
         seen["several VLR GTs"] += sum(int((lv["vlr_gts"] > 1).sum()) for r in regions for lv in r)
@@ -286,6 +278,11 @@ def test_terms_equal_the_reference_cached_and_online(scene, random_teacher):
             _stored_rows_agree(online_samples[i].ld_targets, regions[i], metric, gamma)
         _assert_terms(cached, reference_terms(student_maps, alone, regions, grids, normalize, kd_reduction), context)
         _assert_terms(live, reference_terms(student_maps, in_batch, regions, grids, normalize, kd_reduction), context)
+    for metric in ("official", "diou"):
+        for sample, gt in zip(samples, gts):
+            low, high = (reference_regions(*sample.pad_shape, gt, g, metric) for g in (0.25, 0.45))
+            seen["weight moved by gamma"] += sum(int(((h["vlr_weight"] > 0) & (h["vlr_weight"] != lo["vlr_weight"])).sum())
+                                                 for lo, h in zip(low, high))
     small = reference_regions(*samples[0].pad_shape, gts[0][3:4], 0.25, "official")
     seen["small box positives"] = sum(int(lv["main"].sum()) for lv in small)
     assert min(seen.values()) > 0, seen

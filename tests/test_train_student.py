@@ -7,7 +7,8 @@ import subprocess
 import pytest
 import torch
 
-from conftest import BIN, CACHED_CONFIG, CONFIGS, TEACHER_CONFIG, cached_cfg as _cached_cfg, loaded_targets
+from conftest import (BIN, CACHED_CONFIG, CONFIGS, PAPER_TERMS, TEACHER_CONFIG, cached_cfg as _cached_cfg,
+                      loaded_targets)
 from ldcache.errors import LDCacheError
 
 LD_TERMS = ("loss_ld", "loss_ld_vlr", "loss_kd")
@@ -16,21 +17,13 @@ LD_TERMS = ("loss_ld", "loss_ld_vlr", "loss_kd")
 
 def _models_and_batch(cfg, teacher, image_index=0):
     """The cached student, an online twin with the same weights, and one preprocessed batch."""
-    from mmdet.registry import DATASETS, MODELS
-    from mmdet.utils import register_all_modules
+    from mmdet.registry import DATASETS
     from mmengine.dataset import pseudo_collate
 
-    import ldcache.train  # noqa: F401
-    from ldcache.train.student import use_online_teacher
+    from ldcache.train.student import student_and_online_twin
 
-    register_all_modules()
     torch.manual_seed(1)
-    student = MODELS.build(cfg.model)
-    student.init_weights()
-    online_cfg = copy.deepcopy(cfg)
-    use_online_teacher(online_cfg, TEACHER_CONFIG, teacher)
-    online = MODELS.build(online_cfg.model)
-    online.load_state_dict(student.state_dict())
+    student, online = student_and_online_twin(cfg, TEACHER_CONFIG, teacher)
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     batch = student.data_preprocessor(pseudo_collate([dataset[image_index]]), True)
     return student, online, batch
@@ -42,7 +35,7 @@ def _distill_total(losses):
 
 @pytest.mark.parametrize("flip", [0.0, 1.0], ids=["identity", "hflip"])
 def test_cached_terms_and_gradients_equal_online(shapes_store, random_teacher, shapes_root, flip):
-    student, online, batch = _models_and_batch(_cached_cfg(shapes_store, flip), random_teacher)
+    student, online, batch = _models_and_batch(_cached_cfg(shapes_store, flip, **PAPER_TERMS), random_teacher)
     cached = student.loss(batch["inputs"], batch["data_samples"])
     live = online.loss(batch["inputs"], copy.deepcopy(batch["data_samples"]))
     for name in LD_TERMS:
@@ -67,7 +60,8 @@ def test_main_ld_equals_mmdet_ldhead(shapes_store, random_teacher, shapes_root):
     cfg = _cached_cfg(shapes_store, normalize="official")
     student, _, batch = _models_and_batch(cfg, random_teacher)
     head_cfg = {k: v for k, v in cfg.model.bbox_head.items()
-                if k not in ("loss_ld_vlr", "loss_kd", "loss_kd_vlr", "vlr_gamma", "vlr_metric", "normalize")}
+                if k not in ("loss_ld_vlr", "loss_kd", "loss_kd_vlr", "vlr_gamma", "vlr_metric", "normalize",
+                             "kd_reduction")}
     head_cfg.update(type="LDHead", train_cfg=cfg.model.train_cfg, test_cfg=cfg.model.test_cfg)
     reference = MODELS.build(head_cfg)
     reference.load_state_dict(student.bbox_head.state_dict())
@@ -83,6 +77,35 @@ def test_main_ld_equals_mmdet_ldhead(shapes_store, random_teacher, shapes_root):
     assert float(sum(expected)) > 0
     for level, (a, b) in enumerate(zip(ours, expected)):
         assert float(a) == pytest.approx(float(b), rel=1e-3, abs=1e-7), f"level {level}"
+
+
+def _head(**options):
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+
+    import ldcache.train  # noqa: F401
+
+    cfg = Config.fromfile(str(CACHED_CONFIG)).model.bbox_head
+    cfg.update(options)
+    return MODELS.build(cfg)
+
+
+def test_one_class_head_refuses_kd_and_trains_ld_without_it():
+    from ldcache.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="over one class they are both 1.*loss_kd=None"):
+        _head(num_classes=1, **PAPER_TERMS)
+    head = _head(num_classes=1, **{**PAPER_TERMS, "loss_kd": None})
+    assert head.ld_losses["loss_kd"] is None and head.ld_losses["loss_ld"] is not None
+
+
+@pytest.mark.parametrize("option,value", [("normalize", "per_location"), ("kd_reduction", "sum"),
+                                          ("vlr_metric", "giou")])
+def test_unknown_head_options_are_refused_with_the_choices(option, value):
+    from ldcache.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=f"{option} must be one of .* not '{value}'"):
+        _head(**{option: value})
 
 
 def _train_losses(cfg_path, work_dir, **kw):

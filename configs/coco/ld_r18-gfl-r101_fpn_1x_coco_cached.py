@@ -6,7 +6,9 @@ _base_ = './gfl_r18_fpn_1x_coco.py'
 
 ld_cache = 'caches/gfl_r101_coco.zarr'
 
-model = dict(bbox_head=dict(type='CachedLDHead'))  # official LD defaults: Main KD + Main LD + VLR LD
+# The paper's recipe and its normalisation (LD sums / 4 and / 16 per GPU), at mmdet's 2 images per GPU.
+# normalize='per_image' keeps the same LD per image at another batch size (docs/normalization.md).
+model = dict(bbox_head=dict(type='CachedLDHead', normalize='official'))  # Main KD + Main LD + VLR LD
 
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),

@@ -124,29 +124,27 @@ def cached_online_parity(store: Path, work_dir: Path, epochs: int | None = None)
     import copy
 
     import torch
-    from mmdet.registry import DATASETS, MODELS
-    from mmdet.utils import register_all_modules
+    from mmdet.registry import DATASETS
     from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
     from mmengine.runner import load_checkpoint
 
-    from ..train.student import use_cache, use_online_teacher
-
-    from .. import train  # noqa: F401  (registers CachedLDHead and friends)
-
-    register_all_modules()
+    from ..train.student import student_and_online_twin, use_cache
 
     cfg = Config.fromfile(str(CACHED_CONFIG))
     use_cache(cfg, str(store))
-    online_cfg = copy.deepcopy(cfg)
     teacher_ckpt = Path((work_dir / "teacher" / "last_checkpoint").read_text().strip())
-    use_online_teacher(online_cfg, TEACHER_CONFIG, teacher_ckpt)
-    student, online = MODELS.build(cfg.model), MODELS.build(online_cfg.model)
+    student, online = student_and_online_twin(cfg, TEACHER_CONFIG, teacher_ckpt)
     load_checkpoint(student, (work_dir / "student_cached_ld" / "last_checkpoint").read_text().strip(),
                     map_location="cpu", logger="silent")
     online.load_state_dict(student.state_dict())
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
-    items = [dataset[i] for i in range(min(cfg.train_dataloader.batch_size, len(dataset)))]
+    # Images of one size, so that the batch adds no padding: the live teacher then sees each image
+    # as the dump did (GroupNorm's statistics include padding).
+    shape = dataset.get_data_info(0)["height"], dataset.get_data_info(0)["width"]
+    same = [i for i in range(len(dataset))
+            if (dataset.get_data_info(i)["height"], dataset.get_data_info(i)["width"]) == shape]
+    items = [dataset[i] for i in same[:cfg.train_dataloader.batch_size]]
     batch = student.data_preprocessor(pseudo_collate(items), True)
     cached = student.loss(batch["inputs"], copy.deepcopy(batch["data_samples"]))
     live = online.loss(batch["inputs"], copy.deepcopy(batch["data_samples"]))
@@ -191,10 +189,9 @@ def _inspect_picture(store: Path, out: Path) -> Path:
 
 def _print_evidence(parity: dict, dump: dict) -> None:
     say = console.out.print
-    say(f"cached = online: on one batch of {parity['batch_size']} images, the trained student's LD terms "
-        f"({', '.join(parity['terms'])}) from the store and from the live teacher differ by at most "
-        f"{parity['relative_difference']:.1e}, relative (GroupNorm sees the batch's padding online, each "
-        "image's own in the dump)")
+    say(f"cached = online: on one batch of {parity['batch_size']} training images of one size, the trained "
+        f"student's LD terms ({', '.join(parity['terms'])}) from the store and from the live teacher differ by "
+        f"at most {parity['relative_difference']:.1e}, relative")
     saved = parity["steps"] * parity["teacher_forward_seconds"]
     say(f"teacher time: online LD would run the teacher forward at each of the student's {parity['steps']} steps "
         f"({parity['teacher_forward_seconds']:.2f} s a batch here: {saved:.0f} s per student trained); the dump "

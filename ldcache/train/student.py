@@ -42,6 +42,24 @@ def use_online_teacher(cfg: Config, teacher_config: Path, teacher_ckpt: Path) ->
                             "teacher_ckpt": str(teacher_ckpt)})
 
 
+def student_and_online_twin(cfg: Config, teacher_config: Path, teacher_ckpt: Path):
+    """The cached-LD student model of `cfg` (initialised) and its online twin: the same weights, its
+    targets from the live teacher. For comparing the two paths on one batch."""
+    import copy
+
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules()
+    student = MODELS.build(cfg.model)
+    student.init_weights()
+    online_cfg = copy.deepcopy(cfg)
+    use_online_teacher(online_cfg, teacher_config, teacher_ckpt)
+    online = MODELS.build(online_cfg.model)
+    online.load_state_dict(student.state_dict())
+    return student, online
+
+
 def build_student_runner(config: Path, cache: str | Path | None = None, teacher: tuple[Path, Path] | None = None,
                          work_dir: Path | None = None, cfg_options: dict | None = None, resume: bool = False):
     """The mmengine Runner of a cached-LD student config: reading `cache` (or the config's own store),
