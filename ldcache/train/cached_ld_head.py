@@ -169,10 +169,11 @@ class CachedLDHead(GFLHead):
         # counted on the device and checked once the count has arrived (see _check_rows).
         self._rows_missing.append(positive.sum() - positive_row.sum())
         vlr_row = (rows.ratio[lo:hi] >= self.vlr_gamma).float()
+        student_cls = cls_score.permute(0, 2, 3, 1).reshape(-1, self.cls_out_channels)[index]
         # Main LD weighs each edge by the student's own confidence, VLR LD by the row's IoU weight.
-        confidence = cls_score.detach().sigmoid().permute(0, 2, 3, 1).reshape(-1, self.cls_out_channels)[index]
+        confidence = student_cls.detach().sigmoid()
         return _LevelRows(
-            student_cls=cls_score.permute(0, 2, 3, 1).reshape(-1, self.cls_out_channels)[index],
+            student_cls=student_cls,
             student_reg=bbox_pred.permute(0, 2, 3, 1).reshape(-1, EDGES * bins)[index].reshape(-1, bins),
             teacher_reg=values[:, :EDGES * bins].reshape(-1, bins), teacher_cls=values[:, EDGES * bins:],
             main=positive_row, vlr=vlr_row,
