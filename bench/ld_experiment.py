@@ -51,20 +51,6 @@ ANALYSIS_HEADING = "## What it shows"
 HEAD = "model.bbox_head."
 
 
-def scaled_schedule(epochs: int, val_interval: int | None = None) -> dict:
-    """Config options for an `epochs`-long run with the 1x schedule's learning-rate drops."""
-    return {"train_cfg.max_epochs": epochs, "train_cfg.val_interval": val_interval or epochs,
-            "param_scheduler.1.end": epochs, "param_scheduler.1.milestones": [epochs * 2 // 3, epochs * 11 // 12]}
-
-
-def scaled_iteration_schedule(epochs: int, iterations_per_epoch: int) -> dict:
-    """The 1x schedule's learning-rate drops (at 2/3 and 11/12) by iteration: a schedule of a few
-    epochs keeps both drops apart."""
-    total = epochs * iterations_per_epoch
-    return {"train_cfg.max_epochs": epochs, "param_scheduler.1.by_epoch": False, "param_scheduler.1.end": total,
-            "param_scheduler.1.milestones": [total * 2 // 3, total * 11 // 12]}
-
-
 def row_options(row: str, weights: dict) -> dict:
     """The head options of a row name such as 'full@per_image,kd=class_sum' (online: prefix aside)."""
     kind, _, rest = row.removeprefix("online:").partition("@")
@@ -117,6 +103,7 @@ def train_one(job: dict) -> dict:
 
     from ldcache.demo.run import coco_ap
     from ldcache.train.runner import runner_from_config
+    from ldcache.train.schedule import scaled_iteration_schedule
     from ldcache.train.student import build_student_runner
 
     torch.set_num_threads(job["threads"])
@@ -193,6 +180,7 @@ def run_experiment(args) -> None:
     from ldcache.demo.shapes import ShapesSpec, ensure_shapes_dataset
     from ldcache.dump.run import DumpOptions, run_dump
     from ldcache.dump.views import parse_views
+    from ldcache.train.schedule import scaled_schedule
 
     root = ensure_shapes_dataset(ShapesSpec(num_train=args.train, num_val=args.val, num_test=args.test, seed=100))
     os.environ["LDCACHE_DATA_ROOT"] = str(root) + "/"

@@ -20,3 +20,20 @@ def test_config_builds_its_gfl_model(path, shapes_root):
     assert head.prior_generator.strides == [(8, 8), (16, 16), (32, 32), (64, 64), (128, 128)]
     expected_classes = 80 if "coco" in path.parts else 3
     assert head.num_classes == expected_classes
+
+
+@pytest.mark.parametrize("epochs, drops", [(14, [9, 12]), (6, [4, 5]), (24, [16, 22]), (1, [1, 1])])
+def test_scaled_schedule_moves_the_learning_rate_drops_with_the_length(epochs, drops):
+    import torch
+    from mmengine.optim.scheduler import MultiStepLR
+
+    from ldcache.train.schedule import scaled_schedule
+
+    cfg = Config.fromfile(str(CONFIGS / "tiny" / "gfl_r34_tiny_teacher.py"))
+    cfg.merge_from_dict(scaled_schedule(epochs))
+    step = cfg.param_scheduler[1]
+    assert (cfg.train_cfg.max_epochs, step.end, step.milestones) == (epochs, epochs, drops)
+    # A run of one epoch must start at the full learning rate: a drop at 0 would apply at once.
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    MultiStepLR(optimizer, milestones=step.milestones, gamma=0.1, by_epoch=True, end=epochs)
+    assert optimizer.param_groups[0]["lr"] == 1.0

@@ -5,10 +5,25 @@ import subprocess
 import pytest
 
 from conftest import BIN
+from ldcache.demo.run import _clear_steps, _made_with_other_settings
 
-pytestmark = pytest.mark.slow
+
+def test_demo_redoes_its_steps_when_the_epochs_change_and_keeps_other_files(tmp_path):
+    settings = {"teacher_epochs": 14, "student_epochs": 6}
+    assert not _made_with_other_settings(tmp_path, settings)  # nothing there yet
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "metrics.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("mine")
+    assert _made_with_other_settings(tmp_path, settings)  # steps of an unknown run
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    assert not _made_with_other_settings(tmp_path, settings)
+    assert _made_with_other_settings(tmp_path, {**settings, "student_epochs": 12})
+    _clear_steps(tmp_path)
+    assert not (tmp_path / "teacher").exists() and not (tmp_path / "settings.json").exists()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_reuses_its_steps(shapes_root, tmp_path):
     work = tmp_path / "demo"
     args = [str(BIN / "ldcache"), "demo", "--work-dir", str(work), "--data-root", str(shapes_root),

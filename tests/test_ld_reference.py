@@ -307,5 +307,5 @@ def test_per_image_on_a_batch_of_one_is_half_the_official_strength(scene, random
         student.bbox_head.normalize = normalize
         got = student.loss(inputs, copy.deepcopy(samples))
         _assert_terms(got, reference_terms(student_maps, teachers, regions, grids, normalize, "official"), normalize)
-        totals[normalize] = float(sum(got["loss_ld"]) + sum(got["loss_ld_vlr"]))
+        totals[normalize] = float((sum(got["loss_ld"]) + sum(got["loss_ld_vlr"])).detach())
     assert totals["per_image"] == pytest.approx(2 * totals["official"], rel=1e-6)

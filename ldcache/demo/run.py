@@ -25,6 +25,13 @@ CACHED_CONFIG = CONFIGS / "tiny" / "ld_r18_tiny_cached.py"
 # The committed experiment's summary (bench/ld_experiment.py writes it beside docs/results.md).
 EXPERIMENT_SUMMARY = CONFIGS.parent / "docs" / "results.json"
 AP_KEYS = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75")
+# Sized so that the whole demo takes at most 15 minutes on 2 CPU cores (docs/benchmarks.md); the
+# students' 36 steps are about the committed experiment's 40.
+TEACHER_EPOCHS = 14
+STUDENT_EPOCHS = 6
+# What a demo run writes in its work_dir.
+STEPS = ("teacher", "dump", "teacher.zarr", "student_plain", "student_cached_ld", "parity", "inspect.png",
+         "settings.json")
 
 
 def use_shapes_dataset(root: Path) -> Path:
@@ -83,25 +90,27 @@ def _dump(root: Path, work_dir: Path, store: Path) -> dict:
     return summary.to_dict()
 
 
-def run_demo(work_dir: Path, data_root: Path, teacher_epochs: int | None = None,
-             student_epochs: int | None = None, fresh: bool = False) -> dict:
-    if fresh and work_dir.exists():
-        shutil.rmtree(work_dir)
+def run_demo(work_dir: Path, data_root: Path, teacher_epochs: int = TEACHER_EPOCHS,
+             student_epochs: int = STUDENT_EPOCHS, fresh: bool = False) -> dict:
+    settings = {"teacher_epochs": teacher_epochs, "student_epochs": student_epochs}
+    if fresh or _made_with_other_settings(work_dir, settings):
+        _clear_steps(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "settings.json").write_text(json.dumps(settings))
     start = time.perf_counter()
     console.out.rule("[bold]1/5 dataset (kwcoco shapes, offline)")
     root = use_shapes_dataset(data_root)
     console.out.print(f"shapes dataset ready at {root}")
 
     console.out.rule("[bold]2/5 teacher: GFL R34 tiny")
-    teacher_opts = {"train_cfg.max_epochs": teacher_epochs} if teacher_epochs else None
     teacher = run_once(work_dir / "teacher", lambda: train_and_test(TEACHER_CONFIG, work_dir / "teacher",
-                                                                         teacher_opts))
+                                                                         _schedule(teacher_epochs)))
     console.out.rule("[bold]3/5 dump the teacher (identity + flipped view)")
     store = work_dir / "teacher.zarr"
     _forget_unreadable_dump(work_dir / "dump", store)
     dump = run_once(work_dir / "dump", lambda: _dump(root, work_dir, store))
 
-    student_opts = {"train_cfg.max_epochs": student_epochs} if student_epochs else None
+    student_opts = _schedule(student_epochs)
     console.out.rule("[bold]4/5 student GFL R18 tiny, no distillation")
     baseline = run_once(work_dir / "student_plain",
                             lambda: train_and_test(BASELINE_CONFIG, work_dir / "student_plain", student_opts))
@@ -111,13 +120,21 @@ def run_demo(work_dir: Path, data_root: Path, teacher_epochs: int | None = None,
                                                  cache=store))
     parity = run_once(work_dir / "parity", lambda: cached_online_parity(store, work_dir, student_epochs))
     picture = _inspect_picture(store, work_dir / "inspect.png")
-    _print_table(teacher, baseline, cached, dump, time.perf_counter() - start, picture)
+    _print_table(teacher, baseline, cached, dump, time.perf_counter() - start, picture, settings)
     _print_evidence(parity, dump)
     return {"teacher": teacher, "dump": dump, "student_plain": baseline, "student_cached_ld": cached,
             "parity": parity}
 
 
-def cached_online_parity(store: Path, work_dir: Path, epochs: int | None = None) -> dict:
+def _schedule(epochs: int) -> dict:
+    """Config options of an `epochs`-long demo step. Only its last checkpoint is used: the teacher's,
+    281 MB with AdamW's state, would otherwise cost seconds of writing and signing every epoch."""
+    from ..train.schedule import scaled_schedule
+
+    return {**scaled_schedule(epochs), "default_hooks.checkpoint.interval": epochs}
+
+
+def cached_online_parity(store: Path, work_dir: Path, epochs: int) -> dict:
     """On one training batch, the trained cached-LD student's LD terms from the store and from the
     live teacher (largest relative difference), and the time of the teacher forward pass that
     online LD runs at every step and the cache does not."""
@@ -146,8 +163,9 @@ def cached_online_parity(store: Path, work_dir: Path, epochs: int | None = None)
             if (dataset.get_data_info(i)["height"], dataset.get_data_info(i)["width"]) == shape]
     items = [dataset[i] for i in same[:cfg.train_dataloader.batch_size]]
     batch = student.data_preprocessor(pseudo_collate(items), True)
-    cached = student.loss(batch["inputs"], copy.deepcopy(batch["data_samples"]))
-    live = online.loss(batch["inputs"], copy.deepcopy(batch["data_samples"]))
+    with torch.no_grad():
+        cached = student.loss(batch["inputs"], copy.deepcopy(batch["data_samples"]))
+        live = online.loss(batch["inputs"], copy.deepcopy(batch["data_samples"]))
     terms = [name for name, loss in student.bbox_head.ld_losses.items() if loss is not None]
     difference = max(abs(float(sum(cached[n])) - float(sum(live[n]))) / max(abs(float(sum(live[n]))), 1e-12)
                      for n in terms)
@@ -156,9 +174,30 @@ def cached_online_parity(store: Path, work_dir: Path, epochs: int | None = None)
         start = time.perf_counter()
         teacher.bbox_head(teacher.extract_feat(batch["inputs"]))
         forward = time.perf_counter() - start
-    steps = -(-len(dataset) // cfg.train_dataloader.batch_size) * (epochs or cfg.train_cfg.max_epochs)
+    steps = -(-len(dataset) // cfg.train_dataloader.batch_size) * epochs
     return {"terms": terms, "relative_difference": difference, "teacher_forward_seconds": forward,
             "steps": steps, "batch_size": len(items)}
+
+
+def _made_with_other_settings(work_dir: Path, settings: dict) -> bool:
+    """Whether work_dir holds steps of a demo run with other epochs (then none of them is reused)."""
+    if not any((work_dir / step).exists() for step in STEPS):
+        return False
+    made = work_dir / "settings.json"
+    if made.is_file() and json.loads(made.read_text()) == settings:
+        return False
+    console.note(f"[yellow]{work_dir} holds a demo run with other settings than {settings}: starting again[/]")
+    return True
+
+
+def _clear_steps(work_dir: Path) -> None:
+    """Remove what the demo wrote there, and nothing else (work_dir may be a user's folder)."""
+    for step in STEPS:
+        path = work_dir / step
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _forget_unreadable_dump(step: Path, store: Path) -> None:
@@ -207,12 +246,12 @@ def _print_evidence(parity: dict, dump: dict) -> None:
         f"(paired by seed): {verdict} the seeds' spread. One demo run, with one seed, shows less than that.")
 
 
-def _print_table(teacher, baseline, cached, dump, wall, picture) -> None:
+def _print_table(teacher, baseline, cached, dump, wall, picture, settings) -> None:
     rows = [(name, *(f"{metrics.get(k, float('nan')):.3f}" for k in AP_KEYS), f"{metrics['seconds']:.0f} s train")
-            for name, metrics in (("teacher GFL R34 tiny", teacher), ("student R18, no distillation", baseline),
-                                  ("student R18, cached LD", cached))]
+            for name, metrics in ((f"teacher GFL R34 tiny, {settings['teacher_epochs']} epochs", teacher),
+                                  ("student R18, no distillation", baseline), ("student R18, cached LD", cached))]
     rows.append(("teacher dump", "", "", "", f"{dump['seconds']:.0f} s"))
-    console.table(f"ldcache demo ({wall:.0f} s; students trained with the same schedule and seed)",
+    console.table(f"ldcache demo ({wall:.0f} s; both students {settings['student_epochs']} epochs, same seed)",
                   ("model", "AP", "AP50", "AP75", "time"), rows)
     console.out.print(f"store: {dump['bytes_on_disk'] / 2**20:.2f} MiB, {dump['bytes_per_image_view'] / 1024:.1f} KiB "
                       f"per image-view ({dump['compression_vs_dense_fp16']:.1f}x smaller than dense fp16); "
