@@ -23,3 +23,8 @@ def test_dump_teacher_help_explains_its_options():
     assert result.exit_code == 0
     for option in ("--ann-file", "--img-dir", "--out", "--scale", "--region", "--dtype", "--resume"):
         assert option in result.output
+
+
+def test_demo_refuses_a_schedule_of_no_epochs_in_one_line():
+    result = runner.invoke(app, ["demo", "--teacher-epochs", "0"])
+    assert result.exit_code == 2 and "--teacher-epochs" in result.output and "Traceback" not in result.output

@@ -144,17 +144,14 @@ def cached_online_parity(store: Path, work_dir: Path, epochs: int) -> dict:
     from mmdet.registry import DATASETS
     from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
-    from mmengine.runner import load_checkpoint
 
     from ..train.student import student_and_online_twin, use_cache
 
     cfg = Config.fromfile(str(CACHED_CONFIG))
     use_cache(cfg, str(store))
-    teacher_ckpt = Path((work_dir / "teacher" / "last_checkpoint").read_text().strip())
-    student, online = student_and_online_twin(cfg, TEACHER_CONFIG, teacher_ckpt)
-    load_checkpoint(student, (work_dir / "student_cached_ld" / "last_checkpoint").read_text().strip(),
-                    map_location="cpu", logger="silent")
-    online.load_state_dict(student.state_dict())
+    teacher_ckpt, student_ckpt = (Path((work_dir / step / "last_checkpoint").read_text().strip())
+                                  for step in ("teacher", "student_cached_ld"))
+    student, online = student_and_online_twin(cfg, TEACHER_CONFIG, teacher_ckpt, student_ckpt)
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     # Images of one size, so that the batch adds no padding: the live teacher then sees each image
     # as the dump did (GroupNorm's statistics include padding).

@@ -42,17 +42,22 @@ def use_online_teacher(cfg: Config, teacher_config: Path, teacher_ckpt: Path) ->
                             "teacher_ckpt": str(teacher_ckpt)})
 
 
-def student_and_online_twin(cfg: Config, teacher_config: Path, teacher_ckpt: Path):
-    """The cached-LD student model of `cfg` (initialised) and its online twin: the same weights, its
-    targets from the live teacher. For comparing the two paths on one batch."""
+def student_and_online_twin(cfg: Config, teacher_config: Path, teacher_ckpt: Path,
+                            student_ckpt: Path | None = None):
+    """The cached-LD student model of `cfg` (from `student_ckpt`, else initialised) and its online
+    twin: the same weights, its targets from the live teacher. For comparing the two paths on one batch."""
     import copy
 
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+    from mmengine.runner import load_checkpoint
 
     register_all_modules()
     student = MODELS.build(cfg.model)
-    student.init_weights()
+    if student_ckpt is None:
+        student.init_weights()
+    else:
+        load_checkpoint(student, str(student_ckpt), map_location="cpu", logger="silent")
     online_cfg = copy.deepcopy(cfg)
     use_online_teacher(online_cfg, teacher_config, teacher_ckpt)
     online = MODELS.build(online_cfg.model)
