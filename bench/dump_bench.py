@@ -109,7 +109,7 @@ def random_teacher_checkpoint(config: Path, out: Path, classes: tuple[str, ...])
 def forward_only_seconds(model, items, batch_size: int) -> float:
     """The teacher's forward passes over the same image-views, loading included, nothing written."""
     from ldcache.dump.teacher_pass import ViewDataset, _collate
-    from ldcache.dump.teacher import teacher_outputs
+    from ldcache.domain.teacher import teacher_outputs
 
     loader = torch.utils.data.DataLoader(ViewDataset(items), batch_size=batch_size, num_workers=2,
                                          collate_fn=_collate)
@@ -122,7 +122,7 @@ def forward_only_seconds(model, items, batch_size: int) -> float:
 def kl_fidelity(model, reader, items, temperature: float = 10.0) -> float:
     """Mean |KL(p_stored || p_exact) | per edge, nats, with p = softmax(logits / T) over the bins."""
     from ldcache.dump.teacher_pass import ViewDataset, _collate
-    from ldcache.dump.teacher import teacher_outputs
+    from ldcache.domain.teacher import teacher_outputs
 
     errors = []
     for record, entry, view in items:
@@ -193,9 +193,9 @@ def main() -> None:
     args = parser.parse_args()
     variants = {name: VARIANTS[name] for name in VARIANTS if name == "default" or name in args.variants}
 
-    from ldcache.dump.teacher import build_teacher, load_config
+    from ldcache.domain.teacher import build_teacher, load_config
     from ldcache.store.reader import StoreReader
-    from ldcache.dump.views import parse_views
+    from ldcache.domain.views import parse_views
     from ldcache.dump.run import DumpOptions, run_dump
     from ldcache.dump.scan import scan_dataset
 

@@ -49,7 +49,7 @@ def _dump_api():
     try:
         import ldcache.dump.teacher_pass as teacher_module
         from ldcache.dump.run import DumpOptions, run_dump
-        from ldcache.dump.views import parse_views
+        from ldcache.domain.views import parse_views
     except ImportError:
         import pipelines.dump as teacher_module
         from ldcache.views import parse_views

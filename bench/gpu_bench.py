@@ -45,7 +45,7 @@ def _sync(device: str) -> None:
 
 def forward_alone(model, records, batch_size: int, workers: int, device: str) -> float:
     """Seconds of the teacher's forward passes over these (record, entry, view) items, loading included."""
-    from ldcache.dump.teacher import teacher_outputs
+    from ldcache.domain.teacher import teacher_outputs
     from ldcache.dump.teacher_pass import ViewDataset, _collate
 
     loader = torch.utils.data.DataLoader(ViewDataset(records), batch_size=batch_size, num_workers=workers,
@@ -60,7 +60,7 @@ def forward_alone(model, records, batch_size: int, workers: int, device: str) ->
 def dump(work: Path, name: str, teacher: tuple[Path, Path], ann: Path, img_dir: Path, device: str, workers: int,
          **options) -> tuple[Path, float]:
     from ldcache.dump.run import DumpOptions, run_dump
-    from ldcache.dump.views import parse_views
+    from ldcache.domain.views import parse_views
 
     out = work / f"{name.replace(' ', '_')}-{device.replace(':', '')}.zarr"
     start = time.perf_counter()
@@ -173,8 +173,8 @@ def main() -> None:
 
     import ldcache.train  # noqa: F401  (components, and NMS of CUDA tensors)
     from ldcache.dump.scan import scan_dataset
-    from ldcache.dump.teacher import build_teacher, load_config
-    from ldcache.dump.views import parse_views
+    from ldcache.domain.teacher import build_teacher, load_config
+    from ldcache.domain.views import parse_views
 
     register_all_modules()
     started = time.perf_counter()

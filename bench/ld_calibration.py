@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dump_bench import coco_geometry_boxes  # noqa: E402
 
-from ldcache.dump.regions import compute_regions  # noqa: E402
+from ldcache.domain.regions import compute_regions  # noqa: E402
 
 # COCO images are mostly 640x480; mmdet's 1333x800 resize scales them by 800/480.
 COCO_RESIZE = 800 / 480
@@ -53,7 +53,7 @@ def coco_sums(pairs: int = 200, metric: str = "official", seed: int = 0) -> dict
     """Mean Main rows and mean VLR weight sum S_v per pair of COCO-geometry images (gamma 0.25)."""
     from mmdet.models.task_modules.prior_generators import AnchorGenerator
 
-    from ldcache.dump.region_rows import RegionRowMaker
+    from ldcache.domain.rows import RegionRowMaker
     from ldcache.store.format import VLR_METRICS
 
     generator = AnchorGenerator(strides=STRIDES, ratios=[1.0], octave_base_scale=8, scales_per_octave=1)

@@ -179,7 +179,7 @@ def run_experiment(args) -> None:
     from ldcache.demo.run import run_once, train_and_test
     from ldcache.demo.shapes import ShapesSpec, ensure_shapes_dataset
     from ldcache.dump.run import DumpOptions, run_dump
-    from ldcache.dump.views import parse_views
+    from ldcache.domain.views import parse_views
     from ldcache.train.schedule import scaled_schedule
 
     root = ensure_shapes_dataset(ShapesSpec(num_train=args.train, num_val=args.val, num_test=args.test, seed=100))

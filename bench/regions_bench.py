@@ -32,10 +32,10 @@ sys.path.insert(0, str(REPO / "tests"))
 from dump_bench import COCO_SIZE_MIX  # noqa: E402
 from test_regions import reference_regions, reference_rows  # noqa: E402
 
-from ldcache.dump.region_rows import RegionRowMaker  # noqa: E402
-from ldcache.dump.regions import compute_regions  # noqa: E402
-from ldcache.dump.views import View, view_geometry  # noqa: E402
-from ldcache.store.layout import featmap_sizes  # noqa: E402
+from ldcache.domain.rows import RegionRowMaker  # noqa: E402
+from ldcache.domain.regions import compute_regions  # noqa: E402
+from ldcache.domain.views import View, view_geometry  # noqa: E402
+from ldcache.domain.grid import featmap_sizes  # noqa: E402
 
 STRIDES = [8, 16, 32, 64, 128]
 WIDTH, HEIGHT = 1333, 800

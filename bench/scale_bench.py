@@ -41,7 +41,7 @@ COCO_TRAIN_IMAGES = 117_266  # train2017 images with at least one box (of 118,28
 
 def stand_in_outputs(model, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Random per-level (cls_score, bbox_pred) of the teacher head's shapes for this batch."""
-    from ldcache.store.layout import featmap_sizes
+    from ldcache.domain.grid import featmap_sizes
 
     inputs = model.data_preprocessor(batch, False)["inputs"]
     head = model.bbox_head
@@ -123,7 +123,7 @@ def main() -> None:
 
     import ldcache.dump.run as dump
     import ldcache.dump.teacher_pass as teacher_pass
-    from ldcache.dump.views import parse_views
+    from ldcache.domain.views import parse_views
 
     teacher_pass.teacher_outputs = stand_in_outputs  # the stand-in: no teacher network runs
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ldcache-scale-"))

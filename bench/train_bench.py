@@ -90,7 +90,7 @@ def prepare(work: Path) -> tuple[Path, tuple[Path, Path]]:
     from dump_bench import random_teacher_checkpoint
 
     from ldcache.demo.shapes import CLASSES, ShapesSpec, ensure_shapes_dataset
-    from ldcache.dump.views import parse_views
+    from ldcache.domain.views import parse_views
     from ldcache.dump.run import DumpOptions, run_dump
 
     root = ensure_shapes_dataset(ShapesSpec())

@@ -76,8 +76,8 @@ def dump_teacher(
     Under torchrun, the processes share the work and write one store.
     """
     from .dump.run import DumpOptions, run_dump
-    from .dump.teacher import default_scale, load_config
-    from .dump.views import parse_views
+    from .domain.teacher import default_scale, load_config
+    from .domain.views import parse_views
     from .store.format import VLR_METRICS
 
     try:

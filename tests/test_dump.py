@@ -45,10 +45,10 @@ def reference_store(shapes_store):
 
 
 def test_store_holds_the_teacher_logits_at_region_rows(reference_store, shapes_root, random_teacher):
-    from ldcache.dump.teacher import build_teacher, load_config, teacher_outputs
+    from ldcache.domain.teacher import build_teacher, load_config, teacher_outputs
     from ldcache.dump.scan import scan_dataset
     from ldcache.dump.teacher_pass import ViewDataset, _collate
-    from ldcache.dump.views import View
+    from ldcache.domain.views import View
 
     reader = StoreReader(reference_store)
     assert reader.attrs.status == STATUS_COMPLETE and reader.num_views == 2
@@ -79,8 +79,8 @@ def test_store_holds_the_teacher_logits_at_region_rows(reference_store, shapes_r
 
 def test_pass_one_computes_each_records_regions_once_and_removes_its_staging(reference_store, shapes_root,
                                                                              random_teacher, tmp_path, monkeypatch):
-    from ldcache.dump.region_rows import RegionRowMaker
-    from ldcache.dump.views import View
+    from ldcache.domain.rows import RegionRowMaker
+    from ldcache.domain.views import View
     from ldcache.dump.run import DumpOptions, run_dump
 
     calls = []

@@ -71,6 +71,15 @@ def test_no_import_cycle_inside_the_package():
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
 
 
+@pytest.mark.parametrize("stage", ["train", "inspect", "domain", "store"])
+def test_stages_after_the_dump_import_nothing_from_it(stage):
+    graph = _import_graph()
+    stage_modules = [m for m in graph if m == f"ldcache.{stage}" or m.startswith(f"ldcache.{stage}.")]
+    assert stage_modules
+    from_dump = {m: sorted(t for t in graph[m] if t.startswith("ldcache.dump")) for m in stage_modules}
+    assert not any(from_dump.values()), from_dump
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None

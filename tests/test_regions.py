@@ -14,12 +14,12 @@ from mmdet.structures.bbox import bbox_overlaps
 from mmengine.structures import InstanceData
 from torchvision.ops import distance_box_iou
 
-from ldcache.dump.region_rows import RegionRowMaker
-import ldcache.dump.regions as regions_module
-from ldcache.dump.regions import atss_thresholds, compute_regions, vlr_metric, vlr_weight_known
-from ldcache.dump.views import View, boxes_in_view, view_geometry
+from ldcache.domain.rows import RegionRowMaker
+import ldcache.domain.regions as regions_module
+from ldcache.domain.regions import atss_thresholds, compute_regions, vlr_metric, vlr_weight_known
+from ldcache.domain.views import View, boxes_in_view, view_geometry
 from ldcache.store.format import FLAG_MAIN, FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL, MASK_DTYPE, VLR_METRICS
-from ldcache.store.layout import featmap_sizes
+from ldcache.domain.grid import featmap_sizes
 
 # The reference: mmdet's ATSSAssigner for the main region, every pairwise matrix over all anchors
 # for the VLR. bench/regions_bench.py times it against compute_regions.

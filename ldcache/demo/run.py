@@ -80,7 +80,7 @@ def coco_ap(metrics: dict) -> dict:
 
 def _dump(root: Path, work_dir: Path, store: Path) -> dict:
     from ..dump.run import DumpOptions, run_dump
-    from ..dump.views import parse_views
+    from ..domain.views import parse_views
 
     checkpoint = Path((work_dir / "teacher" / "last_checkpoint").read_text().strip())
     if store.exists():

@@ -21,9 +21,9 @@ from ..store.layout import block_row_starts, block_rows
 from ..store.writer import create_store, writable, write_status
 from .fault import kill_point, maybe_kill
 from .ranks import Ranks
-from .region_rows import RegionRowMaker
+from ..domain.rows import RegionRowMaker
 from .scan import ImageEntry
-from .views import View, boxes_in_view, view_geometry
+from ..domain.views import View, boxes_in_view, view_geometry
 
 
 def record_rows(maker: RegionRowMaker, entry: ImageEntry, view: View) -> list[np.ndarray]:

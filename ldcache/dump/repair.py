@@ -19,7 +19,7 @@ from ..store.format import MASK_DTYPE, STATUS_COMPLETE, STATUS_MASKS
 from ..store.reader import open_store
 from ..store.verify import VerifyReport, verify_store
 from ..store.writer import writable, write_status
-from .region_rows import RegionRowMaker
+from ..domain.rows import RegionRowMaker
 from .regions_pass import record_rows
 
 

@@ -26,18 +26,18 @@ from ..store.attrs import (DatasetAttrs, DumpSummary, HeadGeometry, LayoutAttrs,
 from ..store.codec import VALUE_CODECS
 from ..store.filesystem import store_bytes_on_disk, store_exists
 from ..store.format import FORMAT_VERSION, REGION_MODES, STATUS_COMPLETE, STATUS_CREATED, VLR_METRICS
-from ..store.layout import featmap_sizes
+from ..domain.grid import featmap_sizes
 from ..store.reader import open_store
 from ..store.statistics import statistics_from_sums
 from ..store.writer import write_status
-from .region_rows import RegionRowMaker
+from ..domain.rows import RegionRowMaker
 from .ranks import Ranks
 from .regions_pass import run_regions_pass
 from .repair import repair_damaged_blocks
 from .scan import DatasetScan, scan_dataset
-from .teacher import assigner_topk, build_teacher, config_classes, load_config
+from ..domain.teacher import assigner_topk, build_teacher, config_classes, load_config
 from .teacher_pass import run_teacher_pass
-from .views import View, view_geometry
+from ..domain.views import View, view_geometry
 
 
 @dataclass

@@ -18,14 +18,15 @@ from ..errors import BadInputError
 from ..store.attrs import StoreAttrs
 from ..store.codec import ValueCodec
 from ..store.format import FLAG_MAIN, MASK_DTYPE
-from ..store.layout import block_rows, featmap_sizes
+from ..domain.grid import featmap_sizes
+from ..store.layout import block_rows
 from ..store.statistics import rows_statistics
 from ..store.writer import writable
 from .fault import maybe_kill
-from .region_rows import gather_logits
+from ..domain.rows import gather_logits
 from .scan import ImageEntry
-from .teacher import teacher_outputs
-from .views import View
+from ..domain.teacher import teacher_outputs
+from ..domain.views import View
 
 WRITERS_WITH_GPU = 4
 

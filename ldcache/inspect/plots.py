@@ -18,7 +18,7 @@ def _image_and_boxes(reader: StoreReader, record: int):
     import mmcv
     import torch
 
-    from ..dump.views import View, boxes_in_view, view_geometry
+    from ..domain.views import View, boxes_in_view, view_geometry
 
     image_index = record // reader.num_views
     path = Path(reader.attrs.dataset.img_dir) / reader.image_file(image_index)

@@ -1,7 +1,5 @@
-"""Where rows go: records in blocks, each block starting on a chunk boundary; per-level grids."""
+"""Where rows go: records in blocks, each block starting on a chunk boundary."""
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -29,8 +27,3 @@ def block_rows(ptr: np.ndarray, block: int, block_size: int) -> tuple[int, int, 
 
 def num_blocks(num_records: int, block_size: int) -> int:
     return -(-num_records // block_size)
-
-
-def featmap_sizes(pad_shape: tuple[int, int], strides) -> list[tuple[int, int]]:
-    """Per-level grid (H_l, W_l) of valid anchor locations for one image (mmdet's valid_flags extent)."""
-    return [(math.ceil(pad_shape[0] / s), math.ceil(pad_shape[1] / s)) for s in strides]

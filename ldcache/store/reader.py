@@ -12,7 +12,7 @@ from .chunks import RowReader
 from .damage import BlockMap, checksum_problem, chunk_grid, chunk_key, corrupt_error
 from .filesystem import store_exists, store_filesystem
 from .format import FLAG_MAIN, MASK_DTYPE, STATUS_COMPLETE
-from .layout import featmap_sizes
+from ..domain.grid import featmap_sizes
 from .layout_check import ARRAYS, array_problems, ptr_problems
 from .targets import LDTargets
 

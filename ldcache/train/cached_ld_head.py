@@ -10,7 +10,7 @@ from mmdet.registry import MODELS
 from mmdet.utils import reduce_mean
 
 from ..errors import BadInputError, StoreMismatchError
-from ..dump.regions import vlr_weight_at, vlr_weight_known
+from ..domain.regions import vlr_weight_at, vlr_weight_known
 from ..store.format import VLR_METRICS, VLR_STEPS
 
 NORMALIZE_MODES = ("official", "per_image", "weight_sum")

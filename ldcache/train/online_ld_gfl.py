@@ -9,9 +9,9 @@ import torch
 from mmdet.models.detectors import GFL
 from mmdet.registry import MODELS
 
-from ..dump.region_rows import RegionRowMaker, gather_logits
-from ..dump.teacher import DEFAULT_TOPK, build_teacher, load_config
-from ..store.layout import featmap_sizes
+from ..domain.rows import RegionRowMaker, gather_logits
+from ..domain.teacher import DEFAULT_TOPK, build_teacher, load_config
+from ..domain.grid import featmap_sizes
 from ..store.targets import targets_from_rows
 
 

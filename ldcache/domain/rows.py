@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..store.format import FLAG_MAIN, MASK_DTYPE, REGION_FLAGS, VLR_METRICS
-from ..store.layout import featmap_sizes
+from .grid import featmap_sizes
 from .regions import compute_regions
 
 
