@@ -68,18 +68,19 @@ def run_dump_cli(args, launcher=(), **kw) -> subprocess.CompletedProcess:
 
 def synthetic_attrs(num_classes: int, records: int, chunk_rows: int, dtype: str = "fp16"):
     """Store attributes of a one-view synthetic store at 320 px (no teacher, no dataset behind it)."""
-    from ldcache.store.attrs import (DatasetAttrs, HeadGeometry, LayoutAttrs, RegionAttrs, StoreAttrs, TeacherAttrs,
-                                     ValuesAttrs, ViewAttrs)
+    from ldcache.store.attrs import (DatasetAttrs, GridAttrs, HeadGeometry, LayoutAttrs, RegionAttrs, StoreAttrs,
+                                     TeacherAttrs, ValuesAttrs, ViewAttrs)
     from ldcache.store.format import FORMAT_VERSION, STATUS_CREATED
 
     return StoreAttrs(
         ldcache_format=FORMAT_VERSION, status=STATUS_CREATED, fingerprint="synthetic",
         teacher=TeacherAttrs("none", "0", "none", "0"),
-        head=HeadGeometry(num_classes, 16, (8, 16, 32, 64, 128), 8.0, 1, (1.0,), 0.0, 1),
+        head=HeadGeometry(num_classes, 16, (8, 16, 32, 64, 128), 8.0, 1, (1.0,), 0.0, 1, -1),
+        grid=GridAttrs(32, "horizontal"),
         dataset=DatasetAttrs("none", "0", "none", tuple(f"class{i}" for i in range(num_classes))),
         views=(ViewAttrs("synthetic", (320, 320), False),),
         region=RegionAttrs("distill", 0.25, 9, ("official", "diou")), values=ValuesAttrs(dtype, True),
-        layout=LayoutAttrs(64, chunk_rows, records, 1))
+        layout=LayoutAttrs(64, chunk_rows, chunk_rows, records, 1))
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,11 +22,12 @@ import torch
 from .. import console
 from ..digest import file_sha256
 from ..errors import BadInputError, StoreIncompleteError, StoreMismatchError
-from ..store.attrs import (DatasetAttrs, DumpSummary, HeadGeometry, LayoutAttrs, RegionAttrs, StoreAttrs,
-                           StoreStatistics, TeacherAttrs, ValuesAttrs, ViewAttrs)
+from ..store.attrs import (DatasetAttrs, DumpSummary, GridAttrs, HeadGeometry, LayoutAttrs, RegionAttrs,
+                           StoreAttrs, StoreStatistics, TeacherAttrs, ValuesAttrs, ViewAttrs)
 from ..store.codec import VALUE_CODECS
 from ..store.filesystem import store_bytes_on_disk, store_exists
-from ..store.format import FORMAT_VERSION, REGION_MODES, STATUS_COMPLETE, STATUS_CREATED, VLR_METRICS
+from ..store.format import (FLIP_DIRECTIONS, FORMAT_VERSION, REGION_MODES, STATUS_COMPLETE, STATUS_CREATED,
+                            VLR_METRICS)
 from ..domain.grid import featmap_sizes
 from ..store.reader import open_store
 from ..store.statistics import statistics_from_sums
@@ -37,7 +39,7 @@ from .repair import repair_damaged_blocks
 from .scan import DatasetScan, scan_dataset
 from ..domain.teacher import assigner_topk, build_teacher, config_classes, load_config
 from .teacher_pass import run_teacher_pass
-from ..domain.views import View, view_geometry
+from ..domain.views import PAD_DIVISOR, View, view_geometry
 
 
 @dataclass
@@ -152,12 +154,13 @@ def _new_attrs(opts: DumpOptions, hashes: dict, scan: DatasetScan, geometry: Hea
     return StoreAttrs(
         ldcache_format=FORMAT_VERSION, status=STATUS_CREATED, fingerprint=_fingerprint(opts, hashes, topk),
         teacher=TeacherAttrs(str(opts.teacher_config), hashes["config"], str(opts.checkpoint), hashes["checkpoint"]),
-        head=geometry,
+        head=geometry, grid=GridAttrs(PAD_DIVISOR, FLIP_DIRECTIONS[0]),
         dataset=DatasetAttrs(str(opts.ann_file), hashes["ann"], str(opts.img_dir), tuple(scan.classes)),
         views=tuple(ViewAttrs(v.name, tuple(v.scale), v.flip) for v in opts.views),
         region=RegionAttrs(opts.region, opts.gamma, topk, tuple(m for m in VLR_METRICS if m in opts.vlr_metrics)),
         values=ValuesAttrs(opts.dtype, opts.vlr_class_logits),
-        layout=LayoutAttrs(opts.block_size, opts.chunk_rows, len(scan.images), len(opts.views)))
+        # shard_rows is known once pass 1 has counted the rows; create_store sets it.
+        layout=LayoutAttrs(opts.block_size, opts.chunk_rows, opts.chunk_rows, len(scan.images), len(opts.views)))
 
 
 def _needs_regions_pass(opts: DumpOptions, attrs: StoreAttrs, ranks: Ranks) -> bool:
@@ -213,4 +216,5 @@ def _summary(group, attrs: StoreAttrs, scan: DatasetScan, opts: DumpOptions, wal
         images_without_boxes=scan.images_without_boxes, ignored_crowd_boxes=scan.crowd_boxes,
         dropped_degenerate_boxes=scan.degenerate_boxes, rows_per_level=tuple(int(x) for x in per_level),
         bytes_on_disk=disk, bytes_per_image_view=disk / max(records, 1), dense_fp16_bytes=dense_bytes,
-        compression_vs_dense_fp16=dense_bytes / max(disk, 1), wall_seconds=round(wall, 2))
+        compression_vs_dense_fp16=dense_bytes / max(disk, 1), wall_seconds=round(wall, 2),
+        completion_id=uuid.uuid4().hex)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import StoreFormatError
 from .codec import VALUE_CODECS, ValueCodec
-from .format import FORMAT_VERSION, REGION_MODES, STATUSES, VLR_METRICS
+from .format import FLIP_DIRECTIONS, FORMAT_VERSION, REGION_MODES, STATUSES, VLR_METRICS
 
 
 def _require(ok: bool, field: str, message: str) -> None:
@@ -121,14 +121,28 @@ class HeadGeometry(_Model):
     ratios: tuple[float, ...]
     center_offset: float
     num_base_priors: int
+    allowed_border: int  # train_cfg.allowed_border: which anchors the assigner may use (-1: all)
 
     @classmethod
     def of_head(cls, head) -> HeadGeometry:
-        """The geometry of an mmdet GFL-style head (its prior generator and bins)."""
+        """The geometry of an mmdet GFL-style head (its prior generator, bins and border rule)."""
         gen = head.prior_generator
+        train_cfg = getattr(head, "train_cfg", None) or {}
         return cls(int(head.num_classes), int(head.reg_max), tuple(int(s[0]) for s in gen.strides),
                    float(gen.octave_base_scale), int(gen.scales_per_octave), tuple(float(r) for r in gen.ratios),
-                   float(gen.center_offset), int(gen.num_base_priors[0]))
+                   float(gen.center_offset), int(gen.num_base_priors[0]), int(train_cfg.get("allowed_border", -1)))
+
+
+@dataclass(frozen=True)
+class GridAttrs(_Model):
+    """How a view's image becomes the grid the rows live on: what the student's pipeline must share."""
+
+    pad_divisor: int  # the data preprocessor's pad_size_divisor: pad_shape is img_shape padded to it
+    flip_direction: str  # what `views.flip` mirrors: mmdet's RandomFlip direction
+
+    def __post_init__(self):
+        _require(self.pad_divisor > 0, "grid.pad_divisor", f"must be positive, not {self.pad_divisor}")
+        _one_of(self.flip_direction, FLIP_DIRECTIONS, "grid.flip_direction")
 
 
 @dataclass(frozen=True)
@@ -184,12 +198,15 @@ class LayoutAttrs(_Model):
 
     block_size: int
     chunk_rows: int
+    shard_rows: int  # rows per shard object of `masks` and `logits`; each block's rows are one shard
     num_images: int
     num_views: int
 
     def __post_init__(self):
-        for name in ("block_size", "chunk_rows", "num_views"):
+        for name in ("block_size", "chunk_rows", "shard_rows", "num_views"):
             _require(getattr(self, name) > 0, f"layout.{name}", f"must be positive, not {getattr(self, name)}")
+        _require(self.shard_rows % self.chunk_rows == 0, "layout.shard_rows",
+                 f"must be a multiple of layout.chunk_rows ({self.chunk_rows}), not {self.shard_rows}")
 
 
 @dataclass(frozen=True)
@@ -208,6 +225,7 @@ class DumpSummary(_Model):
     dense_fp16_bytes: int
     compression_vs_dense_fp16: float
     wall_seconds: float
+    completion_id: str  # new at every completion (a repair too): names the store's content in readers' caches
 
 
 @dataclass(frozen=True)
@@ -239,6 +257,7 @@ class StoreAttrs(_Model):
     fingerprint: str
     teacher: TeacherAttrs
     head: HeadGeometry
+    grid: GridAttrs
     dataset: DatasetAttrs
     views: tuple[ViewAttrs, ...]
     region: RegionAttrs

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 STATUS_CREATED, STATUS_MASKS, STATUS_COMPLETE = "created", "masks-written", "complete"
 STATUSES = (STATUS_CREATED, STATUS_MASKS, STATUS_COMPLETE)
 REGION_MODES = ("distill", "dense")
+# The flip a stored view may carry: mmdet RandomFlip's direction (the regions mirror boxes left-right).
+FLIP_DIRECTIONS = ("horizontal",)
 
 # The two VLR definitions, in the order of the per-metric fields of a mask row.
 VLR_METRICS = ("official", "diou")
@@ -18,6 +20,7 @@ REGION_FLAGS = {"main": FLAG_MAIN, "vlr_official": FLAG_VLR_OFFICIAL, "vlr_diou"
 VLR_STEPS = 4
 MASK_DTYPE = np.dtype([
     ("loc", "<i4"),  # y * W_l + x on the level's per-image grid
+    ("prior", "u1"),  # which of the location's priors (anchors), 0 with one prior per location
     ("flags", "u1"),
     ("vlr_ratio", "<f4", (2,)),  # largest d/thr below 1, per VLR metric (official, diou)
     ("vlr_step_ratio", "<f4", (2, VLR_STEPS)),  # per metric: d/thr of the GTs on the weight's steps
