@@ -171,12 +171,13 @@ def main() -> None:
 
     from mmdet.utils import register_all_modules
 
-    import ldcache.train  # noqa: F401  (components, and NMS of CUDA tensors)
+    import ldcache.train
     from ldcache.dump.scan import scan_dataset
     from ldcache.domain.teacher import build_teacher, load_config
     from ldcache.domain.views import parse_views
 
     register_all_modules()
+    ldcache.train.install()  # NMS of CUDA tensors without mmcv's CUDA ops: no runner builds this model
     started = time.perf_counter()
     images = 4 if args.smoke else args.images
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ldcache-gpu-"))

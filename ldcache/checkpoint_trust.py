@@ -9,8 +9,10 @@ re-opens arbitrary code execution for every checkpoint. So trust is decided per 
 - any other checkpoint (a model-zoo teacher, a file from elsewhere, a signed file that was changed
   since) is loaded weights-only: tensors and plain containers, nothing executable.
 
-Importing this module installs the loader for local paths in mmengine's CheckpointLoader, so
-``load_from``, ``resume`` and ``load_checkpoint`` all go through it.
+:func:`install` makes it mmengine's loader for local paths (its CheckpointLoader), so that
+``load_from``, ``resume`` and ``load_checkpoint`` all go through it. Importing this module changes
+nothing in mmengine: ldcache's runner (``LDCacheRunner``) installs it when it is built, and
+``ldcache.train.install()`` does for any other runner.
 """
 from __future__ import annotations
 
@@ -94,4 +96,8 @@ def _mmengine_local_loader(filename, map_location):
 
 # mmengine's CheckpointLoader prints the loader's name without its first ten characters.
 _mmengine_local_loader.__name__ = "load_from_local_signed"
-CheckpointLoader.register_scheme(prefixes="", loader=_mmengine_local_loader, force=True)
+
+
+def install() -> None:
+    """Make :func:`load_checkpoint_file` mmengine's loader of local checkpoints. Idempotent."""
+    CheckpointLoader.register_scheme(prefixes="", loader=_mmengine_local_loader, force=True)

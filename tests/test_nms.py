@@ -30,8 +30,7 @@ def test_torchvision_nms_keeps_what_mmcvs_op_keeps(seed, iou, score_threshold, m
 def test_batched_nms_is_routed_only_for_cuda_tensors():
     import mmcv.ops
 
-    import ldcache.train  # noqa: F401  (installs the routing)
-
+    route_cuda_nms_to_torchvision()
     route_cuda_nms_to_torchvision()  # idempotent
     routed = getattr(mmcv.ops.nms, "routes_cuda_to_torchvision", False)
     assert routed == (not mmcv_has_cuda_ops())
@@ -53,9 +52,10 @@ def test_a_student_predicts_on_cuda(shapes_root):
     from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
 
-    import ldcache.train  # noqa: F401
+    import ldcache.train
     from conftest import CONFIGS
 
+    ldcache.train.install()  # no runner here to install the NMS of CUDA tensors
     register_all_modules()
     cfg = Config.fromfile(str(CONFIGS / "tiny/gfl_r18_tiny.py"))
     model = MODELS.build(cfg.model).cuda().eval()

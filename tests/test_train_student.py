@@ -170,8 +170,8 @@ def test_store_that_does_not_fit_is_refused(shapes_store, shapes_root, tmp_path)
     wide = MODELS.build({**cfg.model.bbox_head, "num_classes": 5})
     with pytest.raises(LDCacheError, match="num_classes: store 3 vs student 5"):
         check_store_fits(reader, None, ids, wide)
-    low_gamma = MODELS.build({**cfg.model.bbox_head, "vlr_gamma": 0.1})
-    with pytest.raises(LDCacheError, match="--gamma 0.1"):
+    low_gamma = MODELS.build({**cfg.model.bbox_head, **PAPER_TERMS, "vlr_gamma": 0.1})
+    with pytest.raises(LDCacheError, match="VLR rows start at gamma 0.25. Re-dump with --gamma 0.1"):
         check_store_fits(reader, None, ids, low_gamma)
 
 

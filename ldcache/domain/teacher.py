@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
-from .. import checkpoint_trust  # noqa: F401  (routes mmengine's loading through the safe loader)
+from .. import checkpoint_trust
 from ..errors import BadInputError
 
 DEFAULT_TOPK = 9  # mmdet's ATSSAssigner default, and every GFL config's
@@ -47,6 +47,7 @@ def build_teacher(cfg: Config, checkpoint: str | Path, device: str) -> torch.nn.
     from mmengine.runner import load_checkpoint
 
     register_all_modules()
+    checkpoint_trust.install()  # the teacher's checkpoint goes through the safe loader
     if not Path(checkpoint).is_file():
         raise BadInputError(f"teacher checkpoint {checkpoint} does not exist")
     model_cfg = cfg.model.copy()

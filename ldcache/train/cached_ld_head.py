@@ -8,6 +8,7 @@ import torch
 from mmdet.models.dense_heads import GFLHead
 from mmdet.registry import MODELS
 from mmdet.utils import reduce_mean
+from mmengine.dist import get_dist_info
 
 from ..errors import BadInputError, StoreMismatchError
 from ..domain.regions import vlr_weight_at, vlr_weight_known
@@ -113,7 +114,7 @@ class CachedLDHead(GFLHead):
         self.normalize, self.kd_reduction = normalize, kd_reduction
         self._targets = None
         self._rows_missing: list[torch.Tensor] = []
-        self._pending_counts: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
+        self._pending_counts: list[_PendingCounts] = []
 
     def get_targets(self, *args, **kwargs):
         # Keep the ATSS assignment of this step for the LD terms: computing it once saves a
@@ -211,30 +212,36 @@ class CachedLDHead(GFLHead):
 
     def _check_rows(self, unknown_weights: torch.Tensor) -> None:
         """Refuse a store whose rows miss positives of the student, or whose VLR weights at this
-        gamma were not kept. On a GPU the counts are copied to the host without waiting and checked
-        at a later step, once they have arrived."""
+        gamma were not kept. On a GPU the counts are copied to the host without waiting, and
+        reported at a later step once they have arrived, or by `report_pending_row_checks`."""
         counts = torch.stack([torch.stack(self._rows_missing).sum().float(), unknown_weights.sum().float()])
         self._rows_missing = []
-        if counts.device.type == "cuda":
-            host = torch.empty(counts.shape, dtype=counts.dtype, pin_memory=True)
-            host.copy_(counts, non_blocking=True)
-            arrived = torch.cuda.Event()
-            arrived.record()
-            self._pending_counts.append((host, arrived))
-        else:
-            self._pending_counts.append((counts, None))
-        while self._pending_counts and (self._pending_counts[0][1] is None or self._pending_counts[0][1].query()):
-            missing, unknown = (int(c) for c in self._pending_counts.pop(0)[0])
+        self._pending_counts.append(_counts_to_host(counts))
+        self._report_counts(wait=False)
+
+    def report_pending_row_checks(self) -> None:
+        """Wait for the row counts still on their way from the GPU and report them.
+
+        The steps at the end of an epoch have no later step to report their counts:
+        LDCacheCheckHook calls this after every epoch, on every rank."""
+        self._report_counts(wait=True)
+
+    def _report_counts(self, wait: bool) -> None:
+        """Refuse the store for the first step whose counts are not 0, among those that have
+        arrived (all of them, waiting for those on their way, when `wait`)."""
+        while self._pending_counts and (wait or self._pending_counts[0].arrived()):
+            missing, unknown = self._pending_counts.pop(0).values()
             if missing > 0:
                 raise StoreMismatchError(
-                    f"{missing} ATSS positive location(s) of the student had no cached teacher row. The store's "
-                    "regions do not match this student's assignment (anchors, topk or GT boxes differ), or the "
-                    "store was dumped with --region distill for another dataset; re-dump for this config")
+                    f"{_on_this_rank()}{missing} ATSS positive location(s) of the student had no cached teacher "
+                    "row. The store's regions do not match this student's assignment (anchors, topk or GT boxes "
+                    "differ), or the store was dumped with --region distill for another dataset; re-dump for this "
+                    "config")
             if unknown > 0:
                 raise StoreMismatchError(
-                    f"{unknown} VLR row(s) at vlr_gamma={self.vlr_gamma} are VLR for more than {VLR_STEPS} GTs of "
-                    "rising IoU, and their weight at this gamma was not kept in the store. Dump with "
-                    f"--gamma {self.vlr_gamma} for this gamma")
+                    f"{_on_this_rank()}{unknown} VLR row(s) at vlr_gamma={self.vlr_gamma} are VLR for more than "
+                    f"{VLR_STEPS} GTs of rising IoU, and their weight at this gamma was not kept in the store. Dump "
+                    f"with --gamma {self.vlr_gamma} for this gamma")
 
     def _batch_rows(self, targets: list, grids: list[tuple[int, int]], device) -> _BatchRows:
         """The teacher rows of the whole batch, level after level, moved to `device` at once: flat
@@ -294,6 +301,42 @@ class _LevelRows:
     label_weight: torch.Tensor  # float32 [R]
     empty: bool
     zero: torch.Tensor  # a 0 that keeps the graph
+
+
+@dataclass
+class _PendingCounts:
+    """A step's row counts on their way to the host: `host` holds them once `copied` (None when
+    they were on the host already) has completed."""
+
+    host: torch.Tensor  # float32 [2]: positives without a teacher row, VLR rows of unknown weight
+    copied: torch.cuda.Event | None
+
+    def arrived(self) -> bool:
+        return self.copied is None or self.copied.query()
+
+    def values(self) -> tuple[int, int]:
+        """The counts, waiting for the copy when it has not completed."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        missing, unknown = (int(c) for c in self.host)
+        return missing, unknown
+
+
+def _counts_to_host(counts: torch.Tensor) -> _PendingCounts:
+    """Start copying the counts to the host, without waiting for the GPU."""
+    if counts.device.type != "cuda":
+        return _PendingCounts(counts, None)
+    host = torch.empty(counts.shape, dtype=counts.dtype, pin_memory=True)
+    host.copy_(counts, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return _PendingCounts(host, copied)
+
+
+def _on_this_rank() -> str:
+    """'rank R of N: ' in a distributed run (each rank reports its own counts), else ''."""
+    rank, world_size = get_dist_info()
+    return f"rank {rank} of {world_size}: " if world_size > 1 else ""
 
 
 def _to_device(parts: list, dtype, device) -> torch.Tensor:

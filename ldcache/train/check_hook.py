@@ -1,16 +1,32 @@
-"""LDCacheCheckHook: before training, check once that the store fits the dataset and the student."""
+"""LDCacheCheckHook: before training, check once that the store fits the dataset and the student;
+after each epoch, report the row checks the head still had on their way from the GPU."""
 from __future__ import annotations
 
 import dataclasses
 
+from mmcv.transforms import RandomFlip
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
 from ..digest import file_sha256
 from ..errors import BadInputError, StoreMismatchError
-from ..store.attrs import HeadGeometry
+from ..store.attrs import HeadGeometry, RegionAttrs
 from ..store.reader import StoreReader
+from .cached_ld_head import CachedLDHead
 from .load_ld_targets import LoadLDTargets
+
+# Where a student config sets each field of the head geometry a store is made for.
+GEOMETRY_SETTINGS = {
+    "num_classes": "model.bbox_head.num_classes",
+    "reg_max": "model.bbox_head.reg_max",
+    "strides": "model.bbox_head.anchor_generator.strides",
+    "octave_base_scale": "model.bbox_head.anchor_generator.octave_base_scale",
+    "scales_per_octave": "model.bbox_head.anchor_generator.scales_per_octave",
+    "ratios": "model.bbox_head.anchor_generator.ratios",
+    "center_offset": "model.bbox_head.anchor_generator.center_offset",
+    "num_base_priors": "model.bbox_head.anchor_generator (ratios x scales_per_octave)",
+    "allowed_border": "model.train_cfg.allowed_border",
+}
 
 
 def ld_stores_in_pipeline(pipeline) -> list[str]:
@@ -24,6 +40,33 @@ def ld_stores_in_pipeline(pipeline) -> list[str]:
     return stores
 
 
+def head_mismatch(store_head: HeadGeometry, student_head: HeadGeometry) -> str | None:
+    """Each field of the head geometry that differs, with the student setting that decides it;
+    None when the two are the same."""
+    store, student = dataclasses.asdict(store_head), dataclasses.asdict(student_head)
+    different = [f"{k}: store {store[k]} vs student {student[k]}, set by {GEOMETRY_SETTINGS[k]}"
+                 for k in store if store[k] != student[k]]
+    return "; ".join(different) or None
+
+
+def gamma_mismatch(region: RegionAttrs, vlr_gamma: float, losses: dict) -> str | None:
+    """Why the store cannot serve the VLR terms at `vlr_gamma`, or None when it can.
+
+    Below the store's gamma, a distill store lacks the VLR rows, and any store lacks the VLR
+    weights: a row keeps the weight steps of the GTs it is VLR for at the store's gamma only."""
+    if vlr_gamma >= region.gamma:
+        return None
+    if region.mode == "distill" and (losses.get("loss_ld_vlr") is not None or losses.get("loss_kd_vlr") is not None):
+        return (f"vlr_gamma {vlr_gamma} is below the store's {region.gamma}: its VLR rows start at gamma "
+                f"{region.gamma}. Re-dump with --gamma {vlr_gamma}, or set model.bbox_head.vlr_gamma to "
+                f"{region.gamma} or above")
+    if losses.get("loss_ld_vlr") is not None:
+        return (f"vlr_gamma {vlr_gamma} is below the store's {region.gamma}: every location has a row, but its VLR "
+                f"weight is kept only for gammas at or above {region.gamma}. Re-dump with --gamma {vlr_gamma}, "
+                f"or set model.bbox_head.vlr_gamma to {region.gamma} or above")
+    return None
+
+
 def check_store_fits(reader: StoreReader, ann_file: str | None, image_ids, head) -> None:
     """Refuse, with the reason, a store made for another dataset, head geometry or assignment."""
     attrs = reader.attrs
@@ -34,11 +77,11 @@ def check_store_fits(reader: StoreReader, ann_file: str | None, image_ids, head)
     if missing:
         raise StoreMismatchError(f"{len(missing)} training image id(s) are not in store {reader.path}, e.g. "
                                  f"{missing[:5]}; the store was dumped for another image set")
-    student, teacher = dataclasses.asdict(HeadGeometry.of_head(head)), dataclasses.asdict(attrs.head)
-    different = {k: (teacher[k], student[k]) for k in teacher if teacher[k] != student[k]}
-    if different:
-        detail = "; ".join(f"{k}: store {a} vs student {b}" for k, (a, b) in different.items())
-        raise StoreMismatchError(f"student head does not match the store's teacher head ({detail})")
+    mismatch = head_mismatch(attrs.head, HeadGeometry.of_head(head))
+    if mismatch:
+        raise StoreMismatchError(f"the student head does not match the head of store {reader.path}'s teacher "
+                                 f"({mismatch}): give the student the store's values, or re-dump with a teacher "
+                                 "config of the student's")
     region = attrs.region
     assigner = getattr(head, "assigner", None)
     if assigner is not None and getattr(assigner, "topk", region.topk) != region.topk:
@@ -56,15 +99,53 @@ def check_store_fits(reader: StoreReader, ann_file: str | None, image_ids, head)
         raise StoreMismatchError(f"VLR KD needs class logits on VLR rows, but store {reader.path} holds them on "
                                  "Main rows only (dumped with --no-vlr-class-logits); re-dump without it, or set "
                                  "model.bbox_head.loss_kd_vlr=None")
-    if region.mode == "distill" and getattr(head, "vlr_gamma", region.gamma) < region.gamma:
-        raise StoreMismatchError(f"vlr_gamma {head.vlr_gamma} is below the store's {region.gamma}: its VLR rows "
-                                 f"start at gamma {region.gamma}. Re-dump with --gamma {head.vlr_gamma} "
-                                 "(or --region dense)")
+    mismatch = gamma_mismatch(region, getattr(head, "vlr_gamma", region.gamma), losses)
+    if mismatch:
+        raise StoreMismatchError(f"store {reader.path} ({region.mode}): {mismatch}")
+
+
+def flip_probability(prob) -> float:
+    """RandomFlip's chance of flipping at all (its prob: None, a number, or one per direction)."""
+    if prob is None:
+        return 0.0
+    return float(sum(prob)) if isinstance(prob, (list, tuple)) else float(prob)
+
+
+def check_pipeline_fits(reader: StoreReader, pipeline, data_preprocessor) -> None:
+    """Refuse, with the reason, a student that pads or flips its images otherwise than the dump did.
+
+    The rows lie on the grid of the image padded to the store's divisor (which anchors are valid,
+    and where each row sits), and a flipped view is mirrored left-right."""
+    grid = reader.attrs.grid
+    # mmengine's base preprocessor does not pad.
+    divisor = int(getattr(data_preprocessor, "pad_size_divisor", 1))
+    if divisor != grid.pad_divisor:
+        raise StoreMismatchError(f"the student pads its images to a multiple of {divisor} "
+                                 f"(model.data_preprocessor.pad_size_divisor), but store {reader.path} holds rows "
+                                 f"on images padded to a multiple of {grid.pad_divisor}: set "
+                                 f"model.data_preprocessor.pad_size_divisor={grid.pad_divisor}")
+    for step in getattr(pipeline, "transforms", pipeline) or []:
+        if (isinstance(step, RandomFlip) and flip_probability(step.prob) > 0
+                and step.direction != grid.flip_direction):
+            raise StoreMismatchError(f"the train pipeline's RandomFlip flips with direction {step.direction!r}, "
+                                     f"but the flipped views of store {reader.path} are {grid.flip_direction} "
+                                     f"flips: set direction='{grid.flip_direction}' (mmdet's default) in "
+                                     "RandomFlip, or prob=0")
+
+
+def _model(runner):
+    return runner.model.module if hasattr(runner.model, "module") else runner.model
 
 
 @HOOKS.register_module()
 class LDCacheCheckHook(Hook):
-    """Runs the store checks before the first iteration, so a mismatch fails in seconds."""
+    """Runs the store checks before the first iteration, so that a mismatch fails in seconds, and
+    after each epoch reports what the head found in the epoch's last steps.
+
+    On a GPU, CachedLDHead counts the positives without a teacher row of each step on the device
+    and reports them once the count has reached the host, at a later step; after an epoch no later
+    step comes, so this hook waits for the counts still on their way. Every rank reports its own.
+    """
 
     priority = "VERY_HIGH"
 
@@ -72,10 +153,17 @@ class LDCacheCheckHook(Hook):
         dataset = runner.train_dataloader.dataset
         while hasattr(dataset, "dataset"):  # RepeatDataset, ClassBalancedDataset, ...
             dataset = dataset.dataset
-        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        model = _model(runner)
         stores = ld_stores_in_pipeline(dataset.pipeline)
         if not stores:
             raise BadInputError("LDCacheCheckHook: the train pipeline has no LoadLDTargets step")
         image_ids = [dataset.get_data_info(i)["img_id"] for i in range(len(dataset))]
         for store in stores:
-            check_store_fits(StoreReader(store), dataset.ann_file, image_ids, model.bbox_head)
+            reader = StoreReader(store)
+            check_store_fits(reader, dataset.ann_file, image_ids, model.bbox_head)
+            check_pipeline_fits(reader, dataset.pipeline, model.data_preprocessor)
+
+    def after_train_epoch(self, runner) -> None:
+        head = _model(runner).bbox_head
+        if isinstance(head, CachedLDHead):
+            head.report_pending_row_checks()

@@ -1,4 +1,5 @@
-"""mmengine Runner that signs the checkpoints it writes, so that it may resume from them safely."""
+"""mmengine Runner that signs the checkpoints it writes, so that it may resume from them safely, and
+the setup of mmengine and mmcv it installs when built."""
 from __future__ import annotations
 
 import os
@@ -11,16 +12,37 @@ from mmengine.dist import master_only
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from .. import checkpoint_trust
 from ..checkpoint_trust import SIGNATURE_SUFFIX, sign_checkpoint
 from ..errors import BadInputError
+from .nms import route_cuda_nms_to_torchvision
+
+
+def install() -> None:
+    """Set up mmengine and mmcv as ldcache's runs need them; ``LDCacheRunner`` does it when built.
+
+    mmengine then loads local checkpoints through ``ldcache.checkpoint_trust`` (signed files in
+    full, every other file weights-only), and mmcv's NMS sends CUDA tensors to torchvision when
+    mmcv has no CUDA ops (``ldcache.train.nms``). Importing ldcache changes neither library; call
+    this before building a plain mmengine Runner, a model with an online teacher, or loading a
+    checkpoint outside a runner. Idempotent.
+    """
+    checkpoint_trust.install()
+    route_cuda_nms_to_torchvision()
 
 
 @RUNNERS.register_module()
 class LDCacheRunner(Runner):
     """A Runner whose checkpoints are trusted on resume (see ``ldcache.checkpoint_trust``).
 
-    Use it with ``runner_type = 'LDCacheRunner'`` in a config; everything else is mmengine's.
+    Use it with ``runner_type = 'LDCacheRunner'`` in a config; everything else is mmengine's. It
+    calls :func:`install` when built.
     """
+
+    def __init__(self, *args, **kwargs):
+        # Before mmengine builds the model: an online teacher loads its checkpoint there.
+        install()
+        super().__init__(*args, **kwargs)
 
     @master_only
     def save_checkpoint(self, out_dir, filename, *args, **kwargs):

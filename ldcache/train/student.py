@@ -5,6 +5,7 @@ from pathlib import Path
 
 from mmengine.config import Config, ConfigDict
 
+from .. import checkpoint_trust
 from ..errors import BadInputError
 from .check_hook import ld_stores_in_pipeline
 from .runner import runner_from_config
@@ -53,6 +54,9 @@ def student_and_online_twin(cfg: Config, teacher_config: Path, teacher_ckpt: Pat
     from mmengine.runner import load_checkpoint
 
     register_all_modules()
+    # No runner installs it here: the student's checkpoint (one our runner signed) and the online
+    # teacher's go through ldcache's trust check all the same.
+    checkpoint_trust.install()
     student = MODELS.build(cfg.model)
     if student_ckpt is None:
         student.init_weights()
