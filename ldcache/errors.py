@@ -9,7 +9,9 @@ LDCacheError
     ├── StoreFormatError         not an ldcache store, another format version, a bad attribute or layout
     ├── StoreIncompleteError     its dump has not finished
     ├── StoreCorruptError        a chunk is damaged or missing (a checksum, `ldcache verify`)
-    └── StoreMismatchError       made for another dataset, teacher, head, pipeline or command
+    ├── StoreMismatchError       made for another dataset, teacher, head, pipeline or command
+    ├── StoreLockedError         another dump is writing it
+    └── DiskFullError            its disk is full, or too full for the rest of the dump
 """
 
 
@@ -47,3 +49,12 @@ class StoreCorruptError(StoreError):
 
 class StoreMismatchError(StoreError):
     """The store was made for another dataset, teacher, head geometry, pipeline or dump command."""
+
+
+class StoreLockedError(StoreError):
+    """Another dump holds the store's lock (`<store>.lock`): one dump writes a store at a time."""
+
+
+class DiskFullError(StoreError):
+    """The store's disk has no room for the rest of the dump; `dump-teacher ... --resume` goes on
+    once there is."""

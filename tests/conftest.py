@@ -1,18 +1,27 @@
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 BIN = Path(sys.executable).parent
+LDCACHE = str(BIN / "ldcache")
+TORCHRUN = str(BIN / "torchrun")
 TEACHER_CONFIG = CONFIGS / "tiny" / "gfl_r18_tiny.py"
 CACHED_CONFIG = CONFIGS / "tiny" / "ld_r18_tiny_cached.py"
+# The arrays whose values two dumps of the same command must agree on.
+STORE_ARRAYS = ("ptr", "masks", "logits", "done", "img_shape", "scale_factor", "flip", "image_ids")
 
 
 def dump_args(root, teacher, out, *extra) -> list[str]:
@@ -60,10 +69,80 @@ def loaded_targets(store, workers: int, images: int = 8) -> dict:
     return {int(s.img_id): s.ld_targets for batch in loader for s in batch["data_samples"]}
 
 
-def run_dump_cli(args, launcher=(), **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same arithmetic in every process count
-    return subprocess.run([*launcher, str(BIN / "ldcache"), "dump-teacher", *args], env=env,
-                          capture_output=True, text=True, **kw)
+def run_dump_cli(args, launcher=(), env=None, **kw) -> subprocess.CompletedProcess:
+    """`ldcache dump-teacher ARGS`, under `launcher` (torchrun) when given, with `env` added."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}  # same arithmetic in every process count
+    return subprocess.run([*launcher, LDCACHE, "dump-teacher", *args], env=env, capture_output=True, text=True, **kw)
+
+
+def store_arrays(store) -> dict[str, np.ndarray]:
+    """The STORE_ARRAYS of a finished store, read whole."""
+    from ldcache.store.reader import open_store
+
+    group, _ = open_store(store)
+    return {name: group[name][:] for name in STORE_ARRAYS}
+
+
+def assert_same_arrays(a: dict, b: dict) -> None:
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
+
+def edited_dataset(root, tmp_path, edit) -> Path:
+    """A copy of the shapes train annotation file, changed in place by `edit(ann)`."""
+    ann = json.loads((root / "annotations/instances_train.json").read_text())
+    edit(ann)
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(ann))
+    return path
+
+
+def open_log_env(folder: Path, watched: list[Path]) -> tuple[dict, Path]:
+    """(environment, log file): every Python process started with that environment logs each file it
+    opens under one of `watched` as 'pid rank path' (an audit hook installed by a sitecustomize
+    module). It counts work such as parsing or hashing a file in every rank of a torchrun job."""
+    log = folder / "opens.log"
+    hook = folder / "open-hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import os, sys
+
+        WATCHED = {[str(Path(w).resolve()) for w in watched]!r}
+
+        def _log_open(event, args):
+            if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+                path = os.path.realpath(os.fsdecode(args[0]))
+                if any(path == w or path.startswith(w + os.sep) for w in WATCHED):
+                    with open({str(log)!r}, "a") as f:  # not a watched path: no recursion
+                        f.write(f"{{os.getpid()}} {{os.environ.get('RANK', '0')}} {{path}}\\n")
+
+        sys.addaudithook(_log_open)
+    """))
+    pythonpath = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": pythonpath}, log
+
+
+@contextmanager
+def rendezvous_endpoint():
+    """'127.0.0.1:PORT' of a c10d store this process hosts, for torchrun agents started with
+    `--rdzv-conf is_host=false`: the port is bound here and never handed over, so no other
+    process can take it between choosing it and using it."""
+    from torch.distributed import TCPStore
+
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    try:
+        yield f"127.0.0.1:{store.port}"
+    finally:
+        del store
+
+
+@contextmanager
+def unreachable_port():
+    """A port bound on 127.0.0.1 that listens to nothing: every connection to it is refused while
+    the block runs (a port merely found free could be taken by another process meanwhile)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
 def synthetic_attrs(num_classes: int, records: int, chunk_rows: int, dtype: str = "fp16"):

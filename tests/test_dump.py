@@ -1,42 +1,27 @@
 """dump-teacher: store contents, resume after SIGKILL, torchrun, and bad inputs."""
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS, PAPER_TERMS, dump_args as _dump_args, run_dump_cli as _run_cli
+from conftest import (CONFIGS, PAPER_TERMS, TEACHER_CONFIG, TORCHRUN, assert_same_arrays as _assert_same_arrays,
+                      dump_args as _dump_args, edited_dataset as _edited_dataset, open_log_env,
+                      run_dump_cli as _run_cli, store_arrays as _arrays)
 from ldcache.errors import LDCacheError
-from ldcache.store.format import FLAG_MAIN, STATUS_COMPLETE
+from ldcache.store.format import FLAG_MAIN, STATUS_COMPLETE, STATUS_CREATED
 from ldcache.store.reader import StoreReader, open_store
-
-TEACHER_CONFIG = CONFIGS / "tiny" / "gfl_r18_tiny.py"
-LDCACHE = str(Path(sys.executable).parent / "ldcache")
-TORCHRUN = str(Path(sys.executable).parent / "torchrun")
-
-
-def _arrays(path):
-    group, _ = open_store(path)
-    return {name: group[name][:] for name in ("ptr", "masks", "logits", "done", "img_shape", "image_ids")}
 
 
 def _blocks_done(out) -> int:
-    """Blocks whose done flag is on disk (zarr v3 keeps each done chunk as done/c/<block>)."""
-    chunks = out / "done" / "c"
-    return len(list(chunks.iterdir())) if chunks.is_dir() else 0
-
-
-def _assert_same_arrays(a, b):
-    for name in a:
-        assert np.array_equal(a[name], b[name]), name
+    """Blocks whose done flag is set in a store that may be unfinished."""
+    group, _ = open_store(out, require_complete=False)
+    return int(group["done"][:].sum())
 
 
 @pytest.fixture(scope="module")
@@ -112,19 +97,22 @@ def test_dense_mode_stores_every_location(shapes_root, random_teacher, tmp_path)
 
 def _killed_dump(shapes_root, random_teacher, out, kill_at: str) -> subprocess.CompletedProcess:
     """A dump that SIGKILLs itself at a chosen point (LDCACHE_KILL_AT), as a dying node would."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LDCACHE_KILL_AT": kill_at}
-    return subprocess.run([LDCACHE, "dump-teacher", *_dump_args(shapes_root, random_teacher, out)], env=env,
-                          capture_output=True, text=True)
+    return _run_cli(_dump_args(shapes_root, random_teacher, out), env={"LDCACHE_KILL_AT": kill_at})
 
 
 def _refused_then_resumed(shapes_root, random_teacher, out, reference_store) -> None:
+    """The killed dump's store is refused by readers and by the command without --resume (whose run
+    takes over the lock the killed dump left), and --resume finishes it to the reference's arrays."""
+    assert Path(f"{out}.lock").exists(), "a killed dump cannot remove its lock"
     with pytest.raises(LDCacheError, match="unfinished|does not exist"):
         StoreReader(out)
     refused = _run_cli(_dump_args(shapes_root, random_teacher, out))
     assert refused.returncode == 2 and "--resume" in refused.stderr and "Traceback" not in refused.stderr
+    assert "another dump" not in refused.stderr, "the dead dump's lock is taken over"
     resumed = _run_cli(_dump_args(shapes_root, random_teacher, out, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_arrays(_arrays(out), _arrays(reference_store))
+    assert not Path(f"{out}.lock").exists()
 
 
 @pytest.mark.slow
@@ -136,6 +124,22 @@ def test_a_dump_killed_after_block_k_of_pass_2_resumes_to_identical_arrays(refer
     killed = _killed_dump(shapes_root, random_teacher, out, kill_at)
     assert killed.returncode == -signal.SIGKILL
     assert _blocks_done(out) == blocks_done, "killed right after the chosen block"
+    _refused_then_resumed(shapes_root, random_teacher, out, reference_store)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at,blocks_done", [
+    ("write:logits:2", 0),  # block 0's first logits chunk is written, the others are not
+    ("write:done:3", 2),  # block 2's logits and statistics are written, its done flag is not
+])
+def test_a_dump_killed_inside_a_block_of_pass_2_resumes_to_identical_arrays(reference_store, shapes_root,
+                                                                            random_teacher, tmp_path, kill_at,
+                                                                            blocks_done):
+    """The moments between one block's end and the next's (above) and inside a block's write."""
+    out = tmp_path / "killed"
+    killed = _killed_dump(shapes_root, random_teacher, out, kill_at)
+    assert killed.returncode == -signal.SIGKILL
+    assert _blocks_done(out) == blocks_done
     _refused_then_resumed(shapes_root, random_teacher, out, reference_store)
 
 
@@ -152,34 +156,42 @@ def test_a_dump_killed_in_pass_1_resumes_to_identical_arrays(reference_store, sh
 
 
 @pytest.mark.slow
-def test_a_dump_sigkilled_at_a_random_moment_resumes_to_identical_arrays(reference_store, shapes_root,
-                                                                         random_teacher, tmp_path):
+def test_a_dump_killed_writing_the_masks_of_pass_1_resumes_to_identical_arrays(reference_store, shapes_root,
+                                                                               random_teacher, tmp_path):
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([LDCACHE, "dump-teacher", *_dump_args(shapes_root, random_teacher, out)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not _blocks_done(out):
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 1.0))
-    assert proc.poll() is None, "the dump ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 0 < _blocks_done(out) < 24
+    killed = _killed_dump(shapes_root, random_teacher, out, "write:masks:2")
+    assert killed.returncode == -signal.SIGKILL
+    _, attrs = open_store(out, require_complete=False)
+    assert attrs.status == STATUS_CREATED, "killed after the layout, before every mask was written"
     _refused_then_resumed(shapes_root, random_teacher, out, reference_store)
 
 
 @pytest.mark.slow
 def test_two_torchrun_processes_write_the_same_store(reference_store, shapes_root, random_teacher, tmp_path):
     out = tmp_path / "two"
-    launcher = (TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python")
-    result = _run_cli(_dump_args(shapes_root, random_teacher, out), launcher=launcher)
+    ann, images = (shapes_root / "annotations/instances_train.json").resolve(), (shapes_root / "images/train").resolve()
+    env, opens = open_log_env(tmp_path, [ann, images])
+    launcher = (TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python")  # torchrun picks the port
+    result = _run_cli(_dump_args(shapes_root, random_teacher, out), launcher=launcher, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_same_arrays(_arrays(out), _arrays(reference_store))
+    assert not Path(f"{out}.lock").exists()
     # Pass 1 is spread over the ranks too: each computed the regions of its own 12 of the 24 blocks.
     said = " ".join(result.stderr.split())  # rich wraps lines at the terminal's width
     for rank in (0, 1):
         assert f"regions of 12 of 24 blocks from annotations (rank {rank}/2" in said, said[-2000:]
+
+    # Rank 0 alone read the annotation file: once to parse it, once to hash it.
+    logged = [line.split(" ", 2) for line in opens.read_text().splitlines()]
+    assert [rank for _, rank, path in logged if path == str(ann)] == ["0", "0"], logged
+    # Rank 1 opened no image but those of its own blocks (odd blocks of 2 images x 2 views) in
+    # pass 2: the header check of every image ran on rank 0 only.
+    group, _ = open_store(out)
+    files = [bytes(row).rstrip(b"\0").decode() for row in group["image_files"][:]]
+    opened_by = {rank: {os.path.relpath(path, images) for _, r, path in logged if r == rank and path != str(ann)}
+                 for rank in "01"}
+    assert opened_by["1"] == {files[i] for i in range(len(files)) if (i // 2) % 2 == 1}
+    assert opened_by["0"] == set(files)
 
 
 @pytest.mark.parametrize("change", ["dtype", "batch size", "image folder"])
@@ -233,14 +245,6 @@ def test_the_scan_parses_the_annotation_file_once(shapes_root, monkeypatch):
     scan = scan_dataset(shapes_root / "annotations/instances_train.json", shapes_root / "images/train",
                         ("star", "eff", "superstar"))
     assert len(scan.images) == 48 and len(parsed) == 1
-
-
-def _edited_dataset(root, tmp_path, edit):
-    ann = json.loads((root / "annotations/instances_train.json").read_text())
-    edit(ann)
-    path = tmp_path / "ann.json"
-    path.write_text(json.dumps(ann))
-    return path
 
 
 def test_bad_inputs_give_one_line_errors(shapes_root, random_teacher, tmp_path):

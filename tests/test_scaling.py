@@ -4,31 +4,20 @@ import logging
 import os
 import secrets
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import BIN, dump_args, loaded_targets, run_dump_cli
-from ldcache.store.reader import open_store
+from conftest import (BIN, TORCHRUN, assert_same_arrays, dump_args, loaded_targets, rendezvous_endpoint,
+                      run_dump_cli, store_arrays, unreachable_port)
 
 pytestmark = pytest.mark.slow
 
-TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 BUCKET = "ldcache-test"
-ARRAYS = ("ptr", "masks", "logits", "done", "img_shape", "scale_factor", "flip", "image_ids")
-
-
-def _arrays(store) -> dict:
-    group, _ = open_store(store)
-    return {name: group[name][:] for name in ARRAYS}
 
 
 def _assert_same_arrays(store, reference) -> None:
-    a, b = _arrays(store), _arrays(reference)
-    for name in ARRAYS:
-        assert np.array_equal(a[name], b[name]), name
+    assert_same_arrays(store_arrays(store), store_arrays(reference))
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +51,12 @@ def test_two_writer_processes_fill_one_s3_store_equal_to_a_local_dump(s3_env, sh
     import fsspec
 
     url = f"s3://{BUCKET}/stores/two-writers.zarr"
-    launcher = (TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python")
+    launcher = (TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python")  # torchrun picks the port
     result = run_dump_cli(dump_args(shapes_root, random_teacher, url), launcher=launcher)
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_same_arrays(url, shapes_store)
+    fs, root = fsspec.core.url_to_fs(url)
+    assert not fs.exists(f"{root}.lock"), "rank 0 releases the store's lock"
 
     inspected = subprocess.run([str(BIN / "ldcache"), "inspect", url, "--json"], capture_output=True, text=True)
     assert inspected.returncode == 0, inspected.stderr[-2000:]
@@ -73,12 +64,33 @@ def test_two_writer_processes_fill_one_s3_store_equal_to_a_local_dump(s3_env, sh
     assert summary["image_views"] == 96 and summary["bytes_on_disk"] > 0
 
     secret = s3_env["AWS_SECRET_ACCESS_KEY"]
-    fs, root = fsspec.core.url_to_fs(url)
     objects = fs.find(root)
     assert len(objects) > 10
     assert not any(secret.encode() in blob for blob in fs.cat(objects).values()), "a credential in the store"
     for text in (result.stdout, result.stderr, inspected.stdout, inspected.stderr):
         assert secret not in text and "ldcache-test-key" not in text
+
+
+def test_a_dump_holds_an_s3_stores_lock_alone(s3_env):
+    import fsspec
+
+    from ldcache.dump.lock import StoreLock
+    from ldcache.errors import StoreLockedError
+
+    url = f"s3://{BUCKET}/stores/locked.zarr"
+    first, second = StoreLock(url, settle_seconds=0.1), StoreLock(url, settle_seconds=0.1)
+    first.acquire()
+    with pytest.raises(StoreLockedError, match=f"process {os.getpid()} on "):
+        second.acquire()
+    # A lock left by a dump on another host whose heartbeat stopped long ago is taken over.
+    fs, path = fsspec.core.url_to_fs(f"{url}.lock")
+    fs.pipe_file(path, json.dumps(dict(host="another-host", pid=1, started="2020-01-01T00:00:00+00:00",
+                                       heartbeat="2020-01-01T00:00:00+00:00", token="gone")).encode())
+    second.acquire()
+    assert json.loads(fs.cat_file(path))["pid"] == os.getpid()
+    second.release()
+    first.release()  # the lock is no longer its own: left as it is (already removed by the second)
+    assert not fs.exists(path)
 
 
 def test_dataloader_workers_read_an_s3_store_like_a_local_one(s3_env, shapes_store, tmp_path):
@@ -106,27 +118,20 @@ def test_stores_do_not_depend_on_how_processes_are_placed(layout, shapes_store, 
     out = tmp_path / "store"
     args = [str(BIN / "ldcache"), "dump-teacher", *dump_args(shapes_root, random_teacher, out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if layout == "3 processes":
-        launches = [[TORCHRUN, "--standalone", "--nproc-per-node", "3", "--no-python", *args]]
-    else:
-        # Two torchrun agents meeting at one rendezvous, as on two nodes.
-        rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-                      "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "ldcache-test"]
-        launches = [[TORCHRUN, *rendezvous, "--no-python", *args] for _ in range(2)]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for cmd in launches]
-    outputs = [p.communicate(timeout=600) for p in procs]
+    with rendezvous_endpoint() as endpoint:
+        if layout == "3 processes":
+            launches = [[TORCHRUN, "--standalone", "--nproc-per-node", "3", "--no-python", *args]]
+        else:
+            # Two torchrun agents meeting at one rendezvous, as on two nodes; this process hosts it.
+            rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                          endpoint, "--rdzv-conf", "is_host=false", "--rdzv-id", "ldcache-test"]
+            launches = [[TORCHRUN, *rendezvous, "--no-python", *args] for _ in range(2)]
+        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for cmd in launches]
+        outputs = [p.communicate(timeout=600) for p in procs]
     for proc, (_, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-3000:]
     _assert_same_arrays(out, shapes_store)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_mask_pass_on_a_dask_cluster_gives_the_same_store(shapes_store, shapes_root, random_teacher, tmp_path):
@@ -141,7 +146,8 @@ def test_mask_pass_on_a_dask_cluster_gives_the_same_store(shapes_store, shapes_r
     assert "dask cluster" in said and "2 workers" in said
     _assert_same_arrays(out, shapes_store)
 
-    refused = run_dump_cli(dump_args(shapes_root, random_teacher, tmp_path / "nowhere", "--dask-scheduler",
-                                     f"tcp://127.0.0.1:{_free_port()}"))
+    with unreachable_port() as port:
+        refused = run_dump_cli(dump_args(shapes_root, random_teacher, tmp_path / "nowhere", "--dask-scheduler",
+                                         f"tcp://127.0.0.1:{port}"))
     assert refused.returncode == 2 and "cannot reach the dask scheduler" in refused.stderr
     assert "Traceback" not in refused.stderr

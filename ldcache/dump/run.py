@@ -4,10 +4,12 @@ Pass 1 (no teacher, dask): regions from the annotations, row counts, store layou
 Pass 2 (teacher): per block of records, forward the views and write the logits at the stored
 rows, then mark the block done. Under torchrun, the blocks of both passes go round-robin to the
 ranks (rank 0 alone lays the store out between them); the layout never depends on the number of
-processes.
+processes. Rank 0 alone holds the store's lock, reads the annotation file, hashes the inputs and
+checks the images, for all ranks.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,7 +23,7 @@ import torch
 
 from .. import console
 from ..digest import file_sha256
-from ..errors import BadInputError, StoreIncompleteError, StoreMismatchError
+from ..errors import BadInputError, LDCacheError, StoreIncompleteError, StoreMismatchError
 from ..store.attrs import (DatasetAttrs, DumpSummary, GridAttrs, HeadGeometry, LayoutAttrs, RegionAttrs,
                            StoreAttrs, StoreStatistics, TeacherAttrs, ValuesAttrs, ViewAttrs)
 from ..store.codec import VALUE_CODECS
@@ -33,10 +35,13 @@ from ..store.reader import open_store
 from ..store.statistics import statistics_from_sums
 from ..store.writer import write_status
 from ..domain.rows import RegionRowMaker
+from .fault import arm_write_kill
+from .lock import StoreLock
 from .ranks import Ranks
 from .regions_pass import run_regions_pass
 from .repair import repair_damaged_blocks
 from .scan import DatasetScan, scan_dataset
+from .space import check_room_for_pass_two, disk_full_as_error, pass_two_bytes
 from ..domain.teacher import assigner_topk, build_teacher, config_classes, load_config
 from .teacher_pass import run_teacher_pass
 from ..domain.views import PAD_DIVISOR, View, view_geometry
@@ -109,15 +114,33 @@ def _resolve_device(device: str) -> str:
 
 
 def run_dump(opts: DumpOptions) -> DumpSummary | None:
-    """Run both passes; returns the summary on rank 0 (None on other ranks)."""
+    """Run both passes; returns the summary on rank 0 (None on other ranks).
+
+    Rank 0 holds the store's lock (`<out>.lock`, see ldcache/dump/lock.py) from before pass 1 to
+    the end: a second dump on the same store is refused, naming the first."""
     started = time.perf_counter()
     opts.check()
     ranks = Ranks.from_env()
+    arm_write_kill(opts.out)
+    lock = StoreLock(opts.out)
+    ranks.from_first(lock.acquire)
+    try:
+        return _run_locked(opts, ranks, lock, started)
+    finally:
+        lock.release()  # a no-op on the other ranks, which never took it
+
+
+def _run_locked(opts: DumpOptions, ranks: Ranks, lock: StoreLock, started: float) -> DumpSummary | None:
     device = _resolve_device(opts.device)
     cfg = load_config(opts.teacher_config)
     model = build_teacher(cfg, opts.checkpoint, device)  # a checkpoint that does not fit fails here
     geometry = HeadGeometry.of_head(model.bbox_head)
-    scan = scan_dataset(opts.ann_file, opts.img_dir, config_classes(cfg))
+    # Parsing the annotation file (450 MB for COCO), hashing the inputs and reading every image's
+    # header are the same work on every rank: rank 0 does it and broadcasts the result over the
+    # gloo group. A broadcast, rather than a file staged beside the store, needs nothing cleaned
+    # up after a kill and works alike on local disks and object stores.
+    scan, hashes = ranks.from_first(lambda: (scan_dataset(opts.ann_file, opts.img_dir, config_classes(cfg)),
+                                             _input_hashes(opts)))
     if len(scan.classes) != geometry.num_classes:
         raise BadInputError(f"the teacher predicts {geometry.num_classes} classes but the dataset has "
                             f"{len(scan.classes)}; give the teacher's own dataset classes")
@@ -126,28 +149,52 @@ def run_dump(opts: DumpOptions) -> DumpSummary | None:
     maker = RegionRowMaker(model.bbox_head.prior_generator, geometry.strides, opts.region, opts.gamma,
                            topk, tuple(opts.vlr_metrics))
 
-    attrs = _new_attrs(opts, _input_hashes(opts), scan, geometry, topk)
+    attrs = _new_attrs(opts, hashes, scan, geometry, topk)
     small_arrays = _small_arrays(scan, records)
-    # Every process reads the same store state here, before pass 1 writes anything: they agree.
-    if _needs_regions_pass(opts, attrs, ranks):
-        run_regions_pass(maker, records, opts.out, attrs, small_arrays, opts.dask_scheduler, ranks)
-    elif ranks.is_first:
-        repair_damaged_blocks(opts.out, maker, records, small_arrays)
-    ranks.barrier()
-    group, attrs = open_store(opts.out, require_complete=False, mode="r+")
-    done = group["done"][:]
-    if attrs.status != STATUS_COMPLETE:
-        todo = [b for b in ranks.own(len(done)) if not done[b]]
-        run_teacher_pass(model, group, attrs, records, todo, opts.batch_size, opts.workers, ranks.is_first)
-    ranks.barrier()
-    if not ranks.is_first:
-        return None
-    if not np.all(group["done"][:] == 1):
-        raise StoreIncompleteError(f"{opts.out}: some blocks were not written; re-run with --resume")
-    summary = _summary(group, attrs, scan, opts, time.perf_counter() - started)
-    statistics = statistics_from_sums(group["block_stats"][:].sum(axis=0), attrs.head.reg_max + 1)
-    write_status(group, attrs, STATUS_COMPLETE, summary=summary, statistics=StoreStatistics.from_dict(statistics))
+    resume = _resume_command(opts)
+    with disk_full_as_error(opts.out, lambda: _logits_left_to_write(opts.out), resume):
+        # Every process reads the same store state here, before pass 1 writes anything: they agree.
+        if _needs_regions_pass(opts, attrs, ranks):
+            run_regions_pass(maker, records, opts.out, attrs, small_arrays, opts.dask_scheduler, ranks)
+        elif ranks.is_first:
+            repair_damaged_blocks(opts.out, maker, records, small_arrays)
+        ranks.barrier()
+        group, attrs = open_store(opts.out, require_complete=False, mode="r+")
+        # Still complete here: a finished store that --resume verified and found nothing to repair.
+        untouched = attrs.status == STATUS_COMPLETE
+        if not untouched:
+            ranks.from_first(lambda: check_room_for_pass_two(opts.out, group, attrs, resume))
+            lock.check()
+            done = group["done"][:]
+            todo = [b for b in ranks.own(len(done)) if not done[b]]
+            run_teacher_pass(model, group, attrs, records, todo, opts.batch_size, opts.workers, ranks.is_first)
+        ranks.barrier()
+        if not ranks.is_first:
+            return None
+        if untouched:
+            return attrs.summary
+        if not np.all(group["done"][:] == 1):
+            raise StoreIncompleteError(f"{opts.out}: some blocks were not written; re-run with --resume")
+        lock.check()
+        summary = _summary(group, attrs, scan, opts, time.perf_counter() - started)
+        statistics = statistics_from_sums(group["block_stats"][:].sum(axis=0), attrs.head.reg_max + 1)
+        write_status(group, attrs, STATUS_COMPLETE, summary=summary, statistics=StoreStatistics.from_dict(statistics))
     return summary
+
+
+def _resume_command(opts: DumpOptions) -> str:
+    """The command that goes on with this dump, as it tells the user."""
+    return (f"`ldcache dump-teacher {opts.teacher_config} {opts.checkpoint} --ann-file {opts.ann_file} "
+            f"--img-dir {opts.img_dir} --out {opts.out} --resume` with this dump's other options")
+
+
+def _logits_left_to_write(out: str | Path) -> int | None:
+    """pass_two_bytes of the store at `out`; None before pass 1 has laid it out."""
+    try:
+        group, attrs = open_store(out, require_complete=False)
+        return pass_two_bytes(group, attrs)
+    except (LDCacheError, KeyError):  # no store yet, or one whose arrays are not all created
+        return None
 
 
 def _new_attrs(opts: DumpOptions, hashes: dict, scan: DatasetScan, geometry: HeadGeometry, topk: int) -> StoreAttrs:
@@ -203,6 +250,17 @@ def _small_arrays(scan: DatasetScan, records: list) -> dict[str, np.ndarray]:
 
 
 def _summary(group, attrs: StoreAttrs, scan: DatasetScan, opts: DumpOptions, wall: float) -> DumpSummary:
+    """The summary of a dump that just finished the store.
+
+    A repair (--resume on a finished store) keeps the summary of the dump that made the store,
+    its wall time and byte counts included: the repaired blocks are written again from the same
+    values with the same codecs, so the store's bytes are the original dump's again, and the wall
+    time stays what the whole dump cost. Only its completion_id is new, as the store's content was
+    rewritten. A dump resumed after a kill had written no summary: its wall time is the resumed
+    run's alone."""
+    completion_id = uuid.uuid4().hex
+    if attrs.summary is not None:
+        return dataclasses.replace(attrs.summary, completion_id=completion_id)
     ptr = group["ptr"][:]
     per_level = (ptr[:, 1:] - ptr[:, :-1]).sum(axis=0)
     num_values = attrs.value_codec().num_values
@@ -217,4 +275,4 @@ def _summary(group, attrs: StoreAttrs, scan: DatasetScan, opts: DumpOptions, wal
         dropped_degenerate_boxes=scan.degenerate_boxes, rows_per_level=tuple(int(x) for x in per_level),
         bytes_on_disk=disk, bytes_per_image_view=disk / max(records, 1), dense_fp16_bytes=dense_bytes,
         compression_vs_dense_fp16=dense_bytes / max(disk, 1), wall_seconds=round(wall, 2),
-        completion_id=uuid.uuid4().hex)
+        completion_id=completion_id)
