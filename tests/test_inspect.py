@@ -10,11 +10,11 @@ import zarr
 from PIL import Image
 
 from conftest import BIN, synthetic_attrs
-from ldcache.store.format import FLAG_MAIN, FORMAT_VERSION, MASK_DTYPE, STATUS_COMPLETE
+from ldcache.store.format import FLAG_MAIN, FORMAT_VERSION, MASK_DTYPE, REGION_FLAGS, STATUS_COMPLETE
 from ldcache.store.layout import block_row_starts
 from ldcache.store.writer import create_store
-from ldcache.inspect.stats import store_statistics
-from ldcache.store.statistics import edge_entropy
+from ldcache.inspect.stats import statistics_graph, store_statistics
+from ldcache.store.statistics import ENTROPY_BINS, edge_entropy, entropy_bin_edges
 
 
 def _inspect(*args):
@@ -110,11 +110,12 @@ def test_errors_are_one_line(shapes_store, tmp_path):
 
 
 def _synthetic_store(path, records, rows_per_level, num_classes=3, chunk_rows=2048):
-    """A finished one-view store of random rows that StoreReader accepts (no teacher, no images)."""
+    """A finished one-view store of random rows that StoreReader accepts (no teacher, no images).
+    `rows_per_level`: [L] rows of every record, or [records, L] rows of each."""
     from ldcache.store.reader import StoreReader
 
     rng = np.random.default_rng(0)
-    counts = np.tile(np.asarray(rows_per_level), (records, 1))
+    counts = np.broadcast_to(np.asarray(rows_per_level), (records, len(np.atleast_2d(rows_per_level)[0])))
     ptr, total = block_row_starts(counts, 64, chunk_rows)
     attrs = synthetic_attrs(num_classes, records, chunk_rows)
     meta = {"image_ids": np.arange(records, dtype=np.int64), "image_files": np.full((records, 4), 97, np.uint8),
@@ -191,3 +192,77 @@ def test_the_summary_reads_no_logits_and_agrees_with_a_full_pass(shapes_store, t
         assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9)
     stored = zarr.open_group(str(shapes_store), mode="r").attrs["statistics"]
     assert stored["entropy_histogram"] == full["entropy_histogram"]
+
+
+def _blocks_store(tmp_path):
+    """Six blocks of 64 records, the last one short, in chunks of 64 rows: blocks 1 and 4 have no
+    rows, the others about 1800 rows of varied records (about 28 chunks: several slices each)."""
+    counts = np.random.default_rng(1).integers(0, 12, (5 * 64 + 40, 5))
+    counts[64:128] = counts[256:320] = 0
+    return _synthetic_store(tmp_path / "blocks", len(counts), counts, chunk_rows=64)
+
+
+def _per_row_statistics(store) -> dict:
+    """The statistics the plain way: every row's entropy, level and flags, then sums per level."""
+    _, _, masks, logits, per_level = _all_rows(store)
+    entropy = edge_entropy(logits[:, :68].reshape(-1, 4, 17)).mean(axis=1, dtype=np.float64)
+    edges = entropy_bin_edges(17)
+    return {
+        "entropy_histogram": [np.histogram(entropy[rows], bins=edges)[0].tolist() for rows in per_level],
+        "mean_edge_entropy": [float(entropy[rows].mean()) if len(rows) else None for rows in per_level],
+        "rows_per_level": [len(rows) for rows in per_level],
+        "rows_per_level_and_region": {name: [int(((masks["flags"][rows] & bit) > 0).sum()) for rows in per_level]
+                                      for name, bit in REGION_FLAGS.items()},
+    }
+
+
+def test_block_statistics_equal_a_per_row_computation(tmp_path):
+    reader, _ = _blocks_store(tmp_path)
+    assert reader.blocks.num_blocks == 6 and [reader.blocks.chunks(b) for b in (1, 4)] == [range(0), range(0)]
+    stats, expected = store_statistics(reader), _per_row_statistics(reader.path)
+    for name in ("entropy_histogram", "rows_per_level", "rows_per_level_and_region"):
+        assert stats[name] == expected[name], name
+    assert stats["mean_edge_entropy"] == pytest.approx(expected["mean_edge_entropy"], rel=1e-12)
+
+
+def _tree_size(parts: int, split_every: int) -> int:
+    """Add tasks of a tree of fan-in `split_every` over `parts` partial sums."""
+    adds = 0
+    while parts > 1:
+        parts = -(-parts // split_every)
+        adds += parts
+    return adds
+
+
+@pytest.mark.parametrize("split_every", [2, 4])
+def test_the_graph_has_a_task_per_block_and_a_bounded_reduction_tree(tmp_path, split_every):
+    from dask.core import get_dependencies
+
+    reader, _ = _blocks_store(tmp_path)
+    delayed = statistics_graph(reader, split_every=split_every)
+    graph = dict(delayed.__dask_graph__())
+    deps = {key: get_dependencies(graph, key) for key in graph}
+    leaves = [key for key in graph if not deps[key]]
+    assert len(leaves) == reader.blocks.num_blocks and all(str(key).startswith("block_sums") for key in leaves)
+    assert len(graph) == reader.blocks.num_blocks + _tree_size(reader.blocks.num_blocks, split_every)
+    assert max(map(len, deps.values())) <= split_every < reader.blocks.num_blocks  # none waits on every block
+    feeds = [key for d in deps.values() for key in d]
+    assert sorted(feeds) == sorted(set(graph) - {delayed.key}), "every task feeds exactly one add"
+    np.testing.assert_allclose(delayed.compute(scheduler="sync"), statistics_graph(reader).compute(), rtol=1e-12)
+
+
+def test_a_block_task_gets_only_its_own_row_pointers(tmp_path, monkeypatch):
+    import ldcache.inspect.stats as stats
+
+    reader, _ = _blocks_store(tmp_path)
+    ptr, seen = reader.ptr, []
+    blocks = [ptr[r.start:r.stop] for r in map(reader.blocks.records, range(reader.blocks.num_blocks))]
+    original = stats.block_sums
+    monkeypatch.setattr(stats, "block_sums", lambda read_rows, block_ptr, *a: seen.append(block_ptr)
+                        or original(read_rows, block_ptr, *a))
+    delayed = statistics_graph(reader)
+    reader.ptr = reader.blocks.ptr = None  # a task that reached for the store's ptr would fail
+    total = delayed.compute(scheduler="threads")
+    assert len(seen) == len(blocks) and all(any(np.array_equal(b, s) for s in seen) for b in blocks)
+    assert not any(np.shares_memory(block_ptr, ptr) for block_ptr in seen)
+    assert total[:, ENTROPY_BINS + 1].sum() == (ptr[:, -1] - ptr[:, 0]).sum()
