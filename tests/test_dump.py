@@ -25,12 +25,13 @@ TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 
 def _arrays(path):
     group, _ = open_store(path)
-    return {name: group[name][:] for name in ("ptr", "masks", "logits", "done", "img_shape", "image_ids")}
+    return {name: group[name][:] for name in ("ptr", "masks", "logits", "block_stats", "shard_index", "img_shape",
+                                              "image_ids")}
 
 
 def _blocks_done(out) -> int:
-    """Blocks whose done flag is on disk (zarr v3 keeps each done chunk as done/c/<block>)."""
-    chunks = out / "done" / "c"
+    """Blocks whose done flag is on disk (zarr v3 keeps each done chunk as progress/done/c/<block>)."""
+    chunks = out / "progress" / "done" / "c"
     return len(list(chunks.iterdir())) if chunks.is_dir() else 0
 
 
@@ -287,7 +288,8 @@ def test_images_without_a_usable_box_are_stored_without_rows(shapes_root, random
     reader = StoreReader(tmp_path / "s")
     summary = reader.attrs.summary
     assert summary.images == 6 and summary.images_without_boxes == 3
-    assert reader.ptr[2, -1] == reader.ptr[0, 0] and reader.group["done"][:].tolist() == [1, 1]
+    assert reader.ptr[2, -1] == reader.ptr[0, 0] and reader.blocks.blocks_with_rows() == [1]
+    assert not (tmp_path / "s" / "progress").exists(), "a finished store keeps no per-block bookkeeping"
     assert summary.ignored_crowd_boxes == 2 and summary.dropped_degenerate_boxes == 2
     ids = json.loads(ann.read_text())["images"]
     for index, image in enumerate(ids):

@@ -26,12 +26,13 @@ from ..store.attrs import (DatasetAttrs, DumpSummary, GridAttrs, HeadGeometry, L
                            StoreAttrs, StoreStatistics, TeacherAttrs, ValuesAttrs, ViewAttrs)
 from ..store.codec import VALUE_CODECS
 from ..store.filesystem import store_bytes_on_disk, store_exists
-from ..store.format import (FLIP_DIRECTIONS, FORMAT_VERSION, REGION_MODES, STATUS_COMPLETE, STATUS_CREATED,
-                            VLR_METRICS)
+from ..store.format import (FLIP_DIRECTIONS, FORMAT_VERSION, PROGRESS, REGION_MODES, STATUS_COMPLETE,
+                            STATUS_CREATED, VLR_METRICS)
 from ..domain.grid import featmap_sizes
 from ..store.reader import open_store
 from ..store.statistics import statistics_from_sums
-from ..store.writer import write_status
+from ..store.layout import BlockMap
+from ..store.writer import finish_store, remove_progress
 from ..domain.rows import RegionRowMaker
 from .ranks import Ranks
 from .regions_pass import run_regions_pass
@@ -135,18 +136,22 @@ def run_dump(opts: DumpOptions) -> DumpSummary | None:
         repair_damaged_blocks(opts.out, maker, records, small_arrays)
     ranks.barrier()
     group, attrs = open_store(opts.out, require_complete=False, mode="r+")
-    done = group["done"][:]
-    if attrs.status != STATUS_COMPLETE:
+    if attrs.status == STATUS_COMPLETE:
+        remove_progress(opts.out)  # left by a finish killed after it completed the store
+    else:
+        done = group[f"{PROGRESS}/done"][:]
         todo = [b for b in ranks.own(len(done)) if not done[b]]
         run_teacher_pass(model, group, attrs, records, todo, opts.batch_size, opts.workers, ranks.is_first)
     ranks.barrier()
-    if not ranks.is_first:
-        return None
-    if not np.all(group["done"][:] == 1):
+    if not ranks.is_first or attrs.status == STATUS_COMPLETE:
+        return attrs.summary if ranks.is_first else None
+    if not np.all(group[f"{PROGRESS}/done"][:] == 1):
         raise StoreIncompleteError(f"{opts.out}: some blocks were not written; re-run with --resume")
     summary = _summary(group, attrs, scan, opts, time.perf_counter() - started)
-    statistics = statistics_from_sums(group["block_stats"][:].sum(axis=0), attrs.head.reg_max + 1)
-    write_status(group, attrs, STATUS_COMPLETE, summary=summary, statistics=StoreStatistics.from_dict(statistics))
+    sums = group[f"{PROGRESS}/block_stats"][:].sum(axis=0)
+    statistics = StoreStatistics.from_dict(statistics_from_sums(sums, attrs.head.reg_max + 1))
+    blocks = BlockMap.of_store(group["ptr"][:], attrs)
+    finish_store(opts.out, group, attrs, blocks, summary, statistics)
     return summary
 
 
