@@ -229,22 +229,23 @@ def verify(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (for scripts)."),
     threads: int = typer.Option(8, help="Threads fetching and checking chunks."),
 ) -> None:
-    """Read every chunk of a store and check it: checksums, done flags, layout.
+    """Read every chunk of a store and check it: checksums, shard indexes, layout.
 
     Prints OK, or the damaged blocks (records, arrays, chunks, what is wrong) and the command
     that repairs them (`dump-teacher ... --resume`). Exit status: 0 when the store is OK, 1 when
     it is damaged or unfinished, 2 when it cannot be verified (no store, not an ldcache store of
     this format, a bad option).
     """
-    from .store.verify import print_report, verify_store
+    from .store.verify import verify_store
 
     if threads < 1:
         _fail(f"--threads must be at least 1, not {threads}")
     try:
-        report = verify_store(store, threads=threads, show_progress=not as_json)
+        with console.progress_callback(f"verifying {store}", "blocks", enabled=not as_json) as progress:
+            report = verify_store(store, threads=threads, progress=progress)
     except LDCacheError as e:
         _fail(str(e))
-    console.print_json(report.to_dict()) if as_json else print_report(report)
+    console.print_json(report.to_dict()) if as_json else console.verify_report(report)
     raise typer.Exit(code=0 if report.ok else 1)
 
 

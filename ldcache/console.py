@@ -6,7 +6,8 @@ errors go to stderr. Every module prints through the two consoles here.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,6 +15,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 from rich.text import Text
+
+from .store.format import STATUS_COMPLETE
 
 out = Console()
 err = Console(stderr=True)
@@ -67,6 +70,41 @@ def progress(enabled: bool = True, unit: str = "image-views") -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(unit),
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
                     disable=not enabled)
+
+
+@contextmanager
+def progress_callback(description: str, unit: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar driven by a callback `(done, total)`, for work that reports its own progress."""
+    with progress(enabled, unit=unit) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def verify_report(report) -> None:
+    """`ldcache verify`'s report (a store.verify.VerifyReport) as a table and lines on stdout."""
+    def line(text: str) -> None:
+        out.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    if report.status != STATUS_COMPLETE:
+        line(f"{report.store}: UNFINISHED (status '{report.status}'): its dump stopped before the end; "
+             f"finish it with {report.repair}")
+        return
+    if report.ok:
+        line(f"{report.store}: OK ({report.chunks_checked} chunks checked, every block's shards intact, "
+             "layout as the attributes say)")
+        return
+    for problem in report.layout:
+        line(f"layout: {problem}")
+    rows = [(d.array, d.chunk, report.blocks.describe(d.block) if d.block is not None else "every block", d.problem)
+            for d in sorted(report.damage, key=lambda d: (-1 if d.block is None else d.block, d.array, d.chunk))]
+    if rows:
+        table(f"damaged chunks of {report.store}", ("array", "chunk", "block (records, image ids)", "problem"), rows)
+    if report.layout:
+        line(f"{report.store}: DAMAGED layout: it cannot be repaired block by block; dump it again")
+        return
+    blocks = report.blocks.num_blocks if report.blocks else "?"
+    line(f"{report.store}: DAMAGED ({len(report.damage)} damaged chunk(s) in {len(report.damaged_blocks())} "
+         f"block(s) of {blocks}). Repair: {report.repair}")
 
 
 class spinner:

@@ -9,6 +9,7 @@ LDCacheError
     ├── StoreFormatError         not an ldcache store, another format version, a bad attribute or layout
     ├── StoreIncompleteError     its dump has not finished
     ├── StoreCorruptError        a chunk is damaged or missing (a checksum, `ldcache verify`)
+    ├── StoreIOError             the storage failed to answer (after retries): retry, nothing is damaged
     ├── StoreMismatchError       made for another dataset, teacher, head, pipeline or command
     ├── StoreLockedError         another dump is writing it
     └── DiskFullError            its disk is full, or too full for the rest of the dump
@@ -45,6 +46,10 @@ class StoreIncompleteError(StoreError):
 
 class StoreCorruptError(StoreError):
     """A chunk of the store is damaged or missing; `dump-teacher ... --resume` redoes its block."""
+
+
+class StoreIOError(StoreError):
+    """Reading or writing the store failed for a reason other than a missing object, after retries."""
 
 
 class StoreMismatchError(StoreError):

@@ -21,7 +21,8 @@ TORCHRUN = str(BIN / "torchrun")
 TEACHER_CONFIG = CONFIGS / "tiny" / "gfl_r18_tiny.py"
 CACHED_CONFIG = CONFIGS / "tiny" / "ld_r18_tiny_cached.py"
 # The arrays whose values two dumps of the same command must agree on.
-STORE_ARRAYS = ("ptr", "masks", "logits", "done", "img_shape", "scale_factor", "flip", "image_ids")
+STORE_ARRAYS = ("ptr", "masks", "logits", "block_stats", "shard_index", "img_shape", "scale_factor", "flip",
+                "image_ids")
 
 
 def dump_args(root, teacher, out, *extra) -> list[str]:
@@ -160,6 +161,65 @@ def synthetic_attrs(num_classes: int, records: int, chunk_rows: int, dtype: str 
         views=(ViewAttrs("synthetic", (320, 320), False),),
         region=RegionAttrs("distill", 0.25, 9, ("official", "diou")), values=ValuesAttrs(dtype, True),
         layout=LayoutAttrs(64, chunk_rows, chunk_rows, records, 1))
+
+
+def synthetic_store(path, counts, num_classes: int = 3, chunk_rows: int = 512, block_size: int = 64,
+                    dtype: str = "fp16", seed: int = 0):
+    """A finished one-view store of random rows laid out from per-record row counts [N, L], written
+    block by block as a dump writes it (no teacher, no images); returns (path, masks, values) with
+    every row's MASK_DTYPE entry and stored values."""
+    import dataclasses
+
+    from ldcache.store.attrs import DumpSummary, StoreStatistics
+    from ldcache.store.format import MASK_DTYPE, PROGRESS
+    from ldcache.store.layout import BlockMap, block_row_starts
+    from ldcache.store.statistics import statistics_from_sums, stats_width
+    from ldcache.store.writer import create_store, finish_store, writable
+
+    rng = np.random.default_rng(seed)
+    counts = np.asarray(counts)
+    records = len(counts)
+    ptr, total, shard_rows = block_row_starts(counts, block_size, chunk_rows)
+    attrs = synthetic_attrs(num_classes, records, chunk_rows, dtype)
+    attrs = dataclasses.replace(attrs, layout=dataclasses.replace(attrs.layout, block_size=block_size,
+                                                                  shard_rows=shard_rows))
+    meta = {"image_ids": np.arange(records, dtype=np.int64) * 3 + 1,
+            "image_files": np.full((records, 4), 97, np.uint8),
+            "gt_ptr": np.zeros(records + 1, np.int64), "gt_boxes": np.zeros((0, 4), np.float32),
+            "img_shape": np.full((records, 2), 320, np.int32), "scale_factor": np.ones((records, 2)),
+            "pad_shape": np.full((records, 2), 320, np.int32), "flip": np.zeros(records, np.uint8)}
+    group = create_store(path, attrs, ptr, total, meta)
+    codec = attrs.value_codec()
+    blocks = BlockMap.of_store(ptr, attrs)
+    rows = int(ptr[-1, -1]) if records else 0
+    masks = np.zeros(rows, dtype=MASK_DTYPE)
+    masks["flags"] = rng.integers(1, 8, rows)
+    masks["loc"] = rng.integers(0, 1600, rows)
+    values = codec.decode(codec.encode(rng.normal(0, 3, (rows, codec.num_values)).astype(np.float32)))
+    done = writable(group, f"{PROGRESS}/done")
+    for block in range(blocks.num_blocks):
+        start, end = blocks.rows(block)
+        if end > start:
+            writable(group, "masks")[start:end] = masks[start:end].view(np.uint8).reshape(end - start, -1)
+            writable(group, "logits")[start:end] = codec.encode(values[start:end])
+        done[block] = 1
+    levels = counts.sum(axis=0)
+    summary = DumpSummary(records, 1, records, 0, 0, 0, tuple(int(n) for n in levels), 0, 0.0, 0, 0.0, 0.0,
+                          f"synthetic-{seed}")
+    sums = np.zeros((counts.shape[1], stats_width()))
+    sums[:, -4] = levels  # row counts only: enough for a reader
+    statistics = StoreStatistics.from_dict(statistics_from_sums(sums, codec.bins))
+    finish_store(path, group, attrs, blocks, summary, statistics)
+    return path, masks, values
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_tables(tmp_path_factory) -> Path:
+    """Readers' local copies of the test stores' small arrays in the session's temporary folder,
+    not in the user's $LDCACHE_HOME (subprocesses inherit it)."""
+    folder = tmp_path_factory.mktemp("tables")
+    os.environ["LDCACHE_TABLES"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -156,7 +156,7 @@ def test_pass_2_is_refused_before_it_starts_on_a_disk_that_clearly_cannot_hold_i
     with pytest.raises(DiskFullError, match=r"pass 2 writes up to \d+\.\d MiB .* 4\.0 KiB free.*--resume"):
         run_dump(_options(shapes_root, random_teacher, out))
     group, attrs = open_store(out, require_complete=False)
-    assert attrs.status == STATUS_MASKS and not group["done"][:].any(), "refused before any teacher block"
+    assert attrs.status == STATUS_MASKS and not group["progress/done"][:].any(), "refused before any teacher block"
     assert not Path(lock_path(out)).exists()
 
 
@@ -186,7 +186,7 @@ def test_a_full_disk_in_pass_2_stops_with_the_resume_command_and_resume_finishes
     assert "the disk is full (No space left on device)" in said and "\n" not in said
     assert "the rest of the dump needs up to" in said and f"--out {out} --resume" in said
     group, _ = open_store(out, require_complete=False)
-    assert not group["done"][:].all() and not Path(lock_path(out)).exists()
+    assert not group["progress/done"][:].all() and not Path(lock_path(out)).exists()
 
     monkeypatch.undo()  # space is freed
     run_dump(_options(shapes_root, random_teacher, out, resume=True))

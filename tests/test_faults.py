@@ -35,19 +35,20 @@ def store_copy(shapes_store, tmp_path):
     return out
 
 
-def _chunk_file(store, array: str, block: int, which: int = 0):
-    """The object of a block's chunk of `masks` or `logits` (its first, or its `which`-th)."""
-    chunk = StoreReader(store).blocks.chunks(block)[which]
-    return store / array / "c" / str(chunk) / "0", chunk
+def _shard_file(store, array: str, block: int):
+    """The shard object holding a block's rows of `masks` or `logits`, and the shard's number."""
+    shard = StoreReader(store).blocks.shard(block)
+    return store / array / "c" / str(shard) / "0", shard
 
 
 def _truncate(path):
     path.write_bytes(path.read_bytes()[:100])
 
 
-def _flip_byte(path):
+def _flip_byte(path, at: int | None = None):
+    """Flip a bit of a byte: the middle one, or the one at `at`."""
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x10
+    data[len(data) // 2 if at is None else at] ^= 0x10
     path.write_bytes(bytes(data))
 
 
@@ -68,7 +69,7 @@ def test_verify_says_ok_on_an_intact_store(shapes_store):
     row_chunks = sum(len(reader.blocks.chunks(b)) for b in range(reader.blocks.num_blocks))
     assert code == 0 and report["ok"] and report["status"] == "complete"
     assert report["damaged_blocks"] == [] and report["layout_problems"] == []
-    assert report["chunks_checked"] > 2 * row_chunks + reader.blocks.num_blocks
+    assert report["chunks_checked"] == 2 * row_chunks + 11  # inner chunks of both arrays, one-object arrays
     text = _ldcache("verify", shapes_store)
     assert text.returncode == 0 and ": OK (" in text.stdout
 
@@ -77,23 +78,26 @@ def test_verify_says_ok_on_an_intact_store(shapes_store):
 @pytest.mark.parametrize("array", ["logits", "masks"])
 def test_a_damaged_row_chunk_is_named_by_every_reader(store_copy, fault, array):
     block = 3
-    path, chunk = _chunk_file(store_copy, array, block)
-    {"truncated": _truncate, "flipped byte": _flip_byte, "deleted": os.remove}[fault](path)
+    path, shard = _shard_file(store_copy, array, block)
+    # Each fault hits the shard's first inner chunk, which holds the rows of the block's first record.
+    {"truncated": _truncate, "flipped byte": lambda p: _flip_byte(p, at=20), "deleted": os.remove}[fault](path)
     image = _image_of_block(store_copy, block)
+    # A truncated shard ends before its chunk, a flipped byte fails the chunk's CRC32C.
+    chunk = f"c/{shard}/0" if fault == "deleted" else f"c/{shard}/0 inner chunk 0"
+    problem = {"truncated": "truncated", "flipped byte": "checksum mismatch",
+               "deleted": "the shard object is missing"}[fault]
 
     said = _one_line_error(_ldcache("inspect", store_copy, "--image", image, "--json"))
-    assert f"array '{array}', chunk c/{chunk}/0 (block {block}: records 12-15" in said, said
+    assert f"array '{array}', chunk {chunk}" in said and f"(block {block}: records 12-15" in said, said
     assert "is damaged" in said and "--resume" in said and "ldcache dump-teacher" in said
-    problem = {"truncated": "checksum mismatch", "flipped byte": "checksum mismatch",
-               "deleted": "the chunk object is missing"}[fault]
     assert problem in said
 
     reader = StoreReader(store_copy)  # as training reads: the error, not zeros or garbage
-    with pytest.raises(StoreCorruptError, match=f"chunk c/{chunk}/0"):
+    with pytest.raises(StoreCorruptError, match=f"chunk c/{shard}/0"):
         reader.read_record(reader.blocks.records(block).start)
     assert reader.read_record(0).levels(), "the other blocks stay readable"
     stats = _one_line_error(_ldcache("inspect", store_copy, "--stats", "--json"))  # a full pass too
-    assert f"array '{array}', chunk c/{chunk}/0 (block {block}" in stats and problem in stats
+    assert f"array '{array}', chunk c/{shard}/0" in stats and f"(block {block}" in stats and problem in stats
 
     code, report = _verify(store_copy)
     assert code == 1 and not report["ok"]
@@ -101,13 +105,13 @@ def test_a_damaged_row_chunk_is_named_by_every_reader(store_copy, fault, array):
     assert report["damaged_blocks"][0]["records"] == [12, 15] and problem in report["damaged_blocks"][0]["chunks"][0]["problem"]
 
 
-def test_a_deleted_done_flag_is_damage(store_copy):
-    os.remove(store_copy / "done" / "c" / "5")
+def test_a_damaged_shard_index_copy_is_named(store_copy):
+    _flip_byte(store_copy / "shard_index" / "c" / "0" / "0" / "0" / "0")
     said = _one_line_error(_ldcache("inspect", store_copy, "--json"))
-    assert "array 'done', chunk c/5 (block 5: records 20-23" in said and "--resume" in said, said
+    assert "array 'shard_index', chunk c/0/0/0/0" in said and "checksum mismatch" in said, said
     code, report = _verify(store_copy)
-    assert code == 1 and [b["block"] for b in report["damaged_blocks"]] == [5]
-    assert report["damaged_blocks"][0]["chunks"][0]["problem"] == "the chunk object is missing"
+    assert code == 1 and [a["array"] for a in report["damaged_arrays"]] == ["shard_index"]
+    assert not report["damaged_blocks"], "each shard's own index is intact"
 
 
 def test_a_damaged_per_image_array_is_named(store_copy):
@@ -121,9 +125,10 @@ def test_a_damaged_per_image_array_is_named(store_copy):
 @pytest.mark.parametrize("target,edit,message", [
     ("zarr.json", lambda meta: meta["attributes"]["layout"].update(chunk_rows="many"), "'layout.chunk_rows'"),
     ("logits/zarr.json", lambda meta: meta.update(shape=[meta["shape"][0], 7]), "array 'logits' has shape"),
-    ("masks/zarr.json", lambda meta: meta["chunk_grid"]["configuration"].update(chunk_shape=[256, 17]),
-     "array 'masks' has chunks [256, 17]"),
-    ("done/zarr.json", lambda meta: meta.update(data_type="no-such-type"), "array 'done' cannot be opened"),
+    ("masks/zarr.json", lambda meta: meta["codecs"][0]["configuration"].update(chunk_shape=[256, 78]),
+     "array 'masks' has chunks [256, 78]"),
+    ("block_stats/zarr.json", lambda meta: meta.update(data_type="no-such-type"),
+     "array 'block_stats' cannot be opened"),
 ])
 def test_a_zarr_json_with_a_wrong_field_is_refused_naming_it(store_copy, target, edit, message):
     path = store_copy / target
@@ -156,10 +161,11 @@ def test_verify_of_no_store_is_a_user_error(tmp_path):
 @pytest.mark.slow
 def test_resume_repairs_exactly_the_damaged_blocks_to_an_undamaged_dumps_arrays(store_copy, shapes_store,
                                                                                  shapes_root, random_teacher):
-    logits_file, _ = _chunk_file(store_copy, "logits", 2)
-    masks_file, _ = _chunk_file(store_copy, "masks", 9)
+    logits_file, _ = _shard_file(store_copy, "logits", 2)
+    masks_file, _ = _shard_file(store_copy, "masks", 9)
     _truncate(logits_file)
     _flip_byte(masks_file)
+    _flip_byte(store_copy / "shard_index" / "c" / "0" / "0" / "0" / "0")
     code, report = _verify(store_copy)
     assert code == 1
     assert [(b["block"], [c["array"] for c in b["chunks"]]) for b in report["damaged_blocks"]] == \
@@ -168,7 +174,7 @@ def test_resume_repairs_exactly_the_damaged_blocks_to_an_undamaged_dumps_arrays(
     resumed = run_dump_cli(dump_args(shapes_root, random_teacher, store_copy, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     said = " ".join(resumed.stderr.split())
-    assert "repairing 2 damaged block(s) (2, 9)" in said, said[-2000:]
+    assert "repairing 2 damaged block(s) (2, 9) and 1 damaged one-object array(s)" in said, said[-2000:]
     assert _verify(store_copy)[0] == 0
     repaired, reference = _arrays(store_copy), _arrays(shapes_store)
     _assert_same_arrays(repaired, reference)

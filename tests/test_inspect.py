@@ -9,10 +9,8 @@ import pytest
 import zarr
 from PIL import Image
 
-from conftest import BIN, synthetic_attrs
+from conftest import BIN, synthetic_store
 from ldcache.store.format import FLAG_MAIN, FORMAT_VERSION, MASK_DTYPE, REGION_FLAGS, STATUS_COMPLETE
-from ldcache.store.layout import block_row_starts
-from ldcache.store.writer import create_store
 from ldcache.inspect.stats import statistics_graph, store_statistics
 from ldcache.store.statistics import ENTROPY_BINS, edge_entropy, entropy_bin_edges
 
@@ -110,26 +108,14 @@ def test_errors_are_one_line(shapes_store, tmp_path):
 
 
 def _synthetic_store(path, records, rows_per_level, num_classes=3, chunk_rows=2048):
-    """A finished one-view store of random rows that StoreReader accepts (no teacher, no images).
-    `rows_per_level`: [L] rows of every record, or [records, L] rows of each."""
+    """A finished one-view store of random rows that StoreReader accepts (no teacher, no images), and
+    its rows. `rows_per_level`: [L] rows of every record, or [records, L] rows of each."""
     from ldcache.store.reader import StoreReader
 
-    rng = np.random.default_rng(0)
     counts = np.broadcast_to(np.asarray(rows_per_level), (records, len(np.atleast_2d(rows_per_level)[0])))
-    ptr, total = block_row_starts(counts, 64, chunk_rows)
-    attrs = synthetic_attrs(num_classes, records, chunk_rows)
-    meta = {"image_ids": np.arange(records, dtype=np.int64), "image_files": np.full((records, 4), 97, np.uint8),
-            "gt_ptr": np.zeros(records + 1, np.int64), "gt_boxes": np.zeros((0, 4), np.float32),
-            "img_shape": np.full((records, 2), 320, np.int32), "scale_factor": np.ones((records, 2)),
-            "pad_shape": np.full((records, 2), 320, np.int32), "flip": np.zeros(records, np.uint8)}
-    group = create_store(path, attrs, ptr, total, meta)
-    masks = np.zeros(total, dtype=MASK_DTYPE)
-    masks["flags"] = rng.integers(1, 8, total)
-    group["masks"][:] = masks.view(np.uint8).reshape(total, MASK_DTYPE.itemsize)
-    group["logits"][:] = rng.normal(0, 3, (total, 68 + num_classes)).astype(np.float16)
-    group["done"][:] = 1
-    group.attrs["status"] = STATUS_COMPLETE
-    return StoreReader(path), total
+    synthetic_store(path, counts, num_classes, chunk_rows)
+    reader = StoreReader(path)
+    return reader, int(reader.ptr[-1, -1])
 
 
 def test_stats_stream_within_bounded_memory(tmp_path):

@@ -5,6 +5,7 @@ counts of all blocks give the layout; then they are written in place.
 """
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from ..errors import BadInputError, StoreFormatError
 from ..store.attrs import StoreAttrs
 from ..store.filesystem import store_filesystem
 from ..store.format import MASK_DTYPE, STATUS_MASKS
-from ..store.layout import block_row_starts, block_rows
+from ..store.layout import BlockMap, block_row_starts
 from ..store.writer import create_store, writable, write_status
 from .fault import kill_point, maybe_kill
 from .ranks import Ranks
@@ -102,18 +103,20 @@ def run_regions_pass(maker: RegionRowMaker, records: list[tuple[ImageEntry, View
         ranks.barrier()
         if ranks.is_first:
             counts = np.concatenate([_load_staged(staging, b, "counts") for b in range(len(blocks))])
-            ptr, total = block_row_starts(counts, block_size, attrs.layout.chunk_rows)
-            create_store(out, attrs, ptr, total, small_arrays)
+            ptr, total, shard_rows = block_row_starts(counts, block_size, attrs.layout.chunk_rows)
+            layout = dataclasses.replace(attrs.layout, shard_rows=shard_rows)
+            create_store(out, dataclasses.replace(attrs, layout=layout), ptr, total, small_arrays)
         ranks.barrier()
-        ptr = zarr.open_group(str(out), mode="r")["ptr"][:]
-        tasks = [dask.delayed(_write_block_masks)(staging, b, str(out), *block_rows(ptr, b, block_size)[:2])
-                 for b in mine]
+        group = zarr.open_group(str(out), mode="r")
+        blocks = BlockMap.of_store(group["ptr"][:], StoreAttrs.from_dict(dict(group.attrs)))
+        tasks = [dask.delayed(_write_block_masks)(staging, b, str(out), *blocks.rows(b)) for b in mine]
         with console.spinner(f"pass 1/2: writing region masks ({ranks.describe()}{len(mine)} blocks)"):
             dask.compute(*tasks, scheduler=scheduler)
     ranks.barrier()
     if ranks.is_first:
         fs.rm(path, recursive=True)
-        write_status(zarr.open_group(str(out), mode="r+"), attrs, STATUS_MASKS)
+        group = zarr.open_group(str(out), mode="r+")
+        write_status(group, StoreAttrs.from_dict(dict(group.attrs)), STATUS_MASKS)
 
 
 @contextmanager

@@ -28,12 +28,13 @@ from ..store.attrs import (DatasetAttrs, DumpSummary, GridAttrs, HeadGeometry, L
                            StoreAttrs, StoreStatistics, TeacherAttrs, ValuesAttrs, ViewAttrs)
 from ..store.codec import VALUE_CODECS
 from ..store.filesystem import store_bytes_on_disk, store_exists
-from ..store.format import (FLIP_DIRECTIONS, FORMAT_VERSION, REGION_MODES, STATUS_COMPLETE, STATUS_CREATED,
-                            VLR_METRICS)
+from ..store.format import (FLIP_DIRECTIONS, FORMAT_VERSION, PROGRESS, REGION_MODES, STATUS_COMPLETE,
+                            STATUS_CREATED, VLR_METRICS)
 from ..domain.grid import featmap_sizes
 from ..store.reader import open_store
 from ..store.statistics import statistics_from_sums
-from ..store.writer import write_status
+from ..store.layout import BlockMap
+from ..store.writer import finish_store, remove_progress
 from ..domain.rows import RegionRowMaker
 from .fault import arm_write_kill
 from .lock import StoreLock
@@ -162,10 +163,13 @@ def _run_locked(opts: DumpOptions, ranks: Ranks, lock: StoreLock, started: float
         group, attrs = open_store(opts.out, require_complete=False, mode="r+")
         # Still complete here: a finished store that --resume verified and found nothing to repair.
         untouched = attrs.status == STATUS_COMPLETE
-        if not untouched:
+        if untouched:
+            if ranks.is_first:
+                remove_progress(opts.out)  # left by a finish killed after it completed the store
+        else:
             ranks.from_first(lambda: check_room_for_pass_two(opts.out, group, attrs, resume))
             lock.check()
-            done = group["done"][:]
+            done = group[f"{PROGRESS}/done"][:]
             todo = [b for b in ranks.own(len(done)) if not done[b]]
             run_teacher_pass(model, group, attrs, records, todo, opts.batch_size, opts.workers, ranks.is_first)
         ranks.barrier()
@@ -173,12 +177,13 @@ def _run_locked(opts: DumpOptions, ranks: Ranks, lock: StoreLock, started: float
             return None
         if untouched:
             return attrs.summary
-        if not np.all(group["done"][:] == 1):
+        if not np.all(group[f"{PROGRESS}/done"][:] == 1):
             raise StoreIncompleteError(f"{opts.out}: some blocks were not written; re-run with --resume")
         lock.check()
         summary = _summary(group, attrs, scan, opts, time.perf_counter() - started)
-        statistics = statistics_from_sums(group["block_stats"][:].sum(axis=0), attrs.head.reg_max + 1)
-        write_status(group, attrs, STATUS_COMPLETE, summary=summary, statistics=StoreStatistics.from_dict(statistics))
+        sums = group[f"{PROGRESS}/block_stats"][:].sum(axis=0)
+        statistics = StoreStatistics.from_dict(statistics_from_sums(sums, attrs.head.reg_max + 1))
+        finish_store(opts.out, group, attrs, BlockMap.of_store(group["ptr"][:], attrs), summary, statistics)
     return summary
 
 

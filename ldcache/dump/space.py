@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
@@ -26,6 +25,8 @@ from .. import console
 from ..errors import DiskFullError
 from ..store.attrs import StoreAttrs
 from ..store.filesystem import store_filesystem
+from ..store.format import PROGRESS
+from ..store.layout import BlockMap
 
 # Far below the 78% measured (see the module's docstring): refusing a dump that would have fitted
 # costs more than meeting a full disk, which --resume recovers from.
@@ -35,11 +36,10 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 def pass_two_bytes(group: zarr.Group, attrs: StoreAttrs) -> int:
     """An upper bound of the bytes pass 2 still writes: the logits rows of the blocks not done,
-    uncompressed, each block up to the next one's first row (its chunks are written whole)."""
-    ptr, done = group["ptr"][:], group["done"][:]
-    starts = ptr[::attrs.layout.block_size, 0]
-    ends = np.append(starts[1:], group["logits"].shape[0])
-    rows = int((ends - starts)[done == 0].sum())
+    uncompressed, in whole chunks (a block's last chunk is written whole)."""
+    blocks, done = BlockMap.of_store(group["ptr"][:], attrs), group[f"{PROGRESS}/done"][:]
+    chunk_rows = attrs.layout.chunk_rows
+    rows = sum(len(blocks.chunks(b)) * chunk_rows for b in range(blocks.num_blocks) if not done[b])
     codec = attrs.value_codec()
     return rows * codec.width * codec.storage_dtype.itemsize
 

@@ -17,9 +17,9 @@ from .. import console
 from ..errors import BadInputError
 from ..store.attrs import StoreAttrs
 from ..store.codec import ValueCodec
-from ..store.format import FLAG_MAIN, MASK_DTYPE
+from ..store.format import FLAG_MAIN, MASK_DTYPE, PROGRESS
 from ..domain.grid import featmap_sizes
-from ..store.layout import block_rows
+from ..store.layout import BlockMap
 from ..store.statistics import rows_statistics
 from ..store.writer import writable
 from .fault import maybe_kill
@@ -83,19 +83,20 @@ def run_teacher_pass(model: torch.nn.Module, group: zarr.Group, attrs: StoreAttr
                      workers: int, show_progress: bool) -> None:
     """Forward this process's blocks of records through the teacher and write their logits."""
     ptr = group["ptr"][:]
-    masks = group["masks"]
-    logits, done, block_stats = (writable(group, name) for name in ("logits", "done", "block_stats"))
+    blocks = BlockMap.of_store(ptr, attrs)
+    masks, logits = group["masks"], writable(group, "logits")
+    done, block_stats = (writable(group, f"{PROGRESS}/{name}") for name in ("done", "block_stats"))
     img_shapes, pad_shapes = group["img_shape"][:], group["pad_shape"][:]
     codec, block_size, strides = attrs.value_codec(), attrs.layout.block_size, attrs.head.strides
 
     # Image-views without rows (an image without a usable box, in distill mode) need no teacher.
-    with_rows = {b: [r for r in block_rows(ptr, b, block_size)[2] if ptr[r, -1] > ptr[r, 0]] for b in my_blocks}
+    with_rows = {b: [r for r in blocks.records(b) if ptr[r, -1] > ptr[r, 0]] for b in my_blocks}
     for block, recs in with_rows.items():
         if not recs:
             done[block] = 1
 
     def open_block(block: int) -> _BlockBuffer:
-        start, end, _ = block_rows(ptr, block, block_size)
+        start, end = blocks.rows(block)
         block_masks = np.ascontiguousarray(masks[start:end]).view(MASK_DTYPE).reshape(-1)
         return _BlockBuffer(block, start, block_masks,
                             np.zeros((end - start, codec.num_values), np.float32), len(with_rows[block]))

@@ -1,11 +1,10 @@
-"""Damage to a store: whether a chunk object is intact, which block and records it holds, and the
-error that says so with the command that repairs it (docs/store-format.md, "Checksums")."""
+"""Damage to a store: whether a chunk is intact, and the error that names it with its block and the
+command that repairs it (docs/store-format.md, "Checksums and verify")."""
 from __future__ import annotations
 
 import itertools
 
 import google_crc32c
-import numpy as np
 
 from ..errors import StoreCorruptError
 from .attrs import StoreAttrs
@@ -17,53 +16,15 @@ def checksum_problem(blob: bytes | None) -> str | None:
     """What is wrong with a chunk object as read (None: absent), or None when its CRC32C holds."""
     if blob is None:
         return "the chunk object is missing"
+    blob = bytes(blob)  # google_crc32c takes bytes only
     if len(blob) < CRC_BYTES:
         return f"the chunk object is truncated to {len(blob)} bytes"
     stored = int.from_bytes(blob[-CRC_BYTES:], "little")
-    computed = google_crc32c.value(bytes(memoryview(blob)[:-CRC_BYTES]))
+    computed = google_crc32c.value(blob[:-CRC_BYTES])
     if stored != computed:
         return (f"checksum mismatch (CRC32C of the {len(blob) - CRC_BYTES} bytes is {computed:08x}, "
                 f"stored {stored:08x}): the chunk is truncated or damaged")
     return None
-
-
-class BlockMap:
-    """Which block and records the rows of `masks` and `logits`, and so their chunks, belong to."""
-
-    def __init__(self, ptr: np.ndarray, attrs: StoreAttrs, image_ids: np.ndarray | None = None):
-        self.ptr, self.image_ids = ptr, image_ids
-        self.block_size, self.chunk_rows = attrs.layout.block_size, attrs.layout.chunk_rows
-        self.num_views = attrs.layout.num_views
-        self.num_blocks = -(-ptr.shape[0] // self.block_size)
-        self.block_starts = ptr[::self.block_size, 0]
-
-    def records(self, block: int) -> range:
-        return range(block * self.block_size, min((block + 1) * self.block_size, self.ptr.shape[0]))
-
-    def rows(self, block: int) -> tuple[int, int]:
-        """(first row, end row) of a block."""
-        records = self.records(block)
-        return int(self.ptr[records.start, 0]), int(self.ptr[records.stop - 1, -1])
-
-    def chunks(self, block: int) -> range:
-        """The chunks of `masks` and `logits` that hold the block's rows (none for a block without rows)."""
-        start, end = self.rows(block)
-        if end <= start:
-            return range(0)
-        return range(start // self.chunk_rows, (end - 1) // self.chunk_rows + 1)
-
-    def block_of_chunk(self, chunk: int) -> int:
-        # Blocks start on chunk boundaries; among blocks starting at the same row, the last has the rows.
-        return int(np.searchsorted(self.block_starts, chunk * self.chunk_rows, side="right") - 1)
-
-    def describe(self, block: int) -> str:
-        """'block 3: records 12-15, image ids 7 to 8'."""
-        records = self.records(block)
-        text = f"block {block}: records {records.start}-{records.stop - 1}"
-        if self.image_ids is not None:
-            first, last = records.start // self.num_views, (records.stop - 1) // self.num_views
-            text += f", image ids {int(self.image_ids[first])} to {int(self.image_ids[last])}"
-        return text
 
 
 def repair_command(store, attrs: StoreAttrs) -> str:

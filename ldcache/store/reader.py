@@ -1,20 +1,26 @@
-"""Open a store and read its records (docs/store-format.md). Imports numpy, zarr and numcodecs only."""
+"""Open a store and read its records (docs/store-format.md). Imports numpy, zarr, numcodecs and fsspec only."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numcodecs
 import numpy as np
 import zarr
 
 from ..errors import StoreError, StoreFormatError, StoreIncompleteError, StoreMismatchError, StoreNotFoundError
+from ..domain.grid import featmap_sizes
 from .attrs import StoreAttrs
-from .chunks import RowReader
-from .damage import BlockMap, checksum_problem, chunk_grid, chunk_key, corrupt_error
+from .damage import CRC_BYTES, checksum_problem, chunk_key, corrupt_error
+from .fetch import Fetcher, io_error
 from .filesystem import store_exists, store_filesystem
 from .format import FLAG_MAIN, MASK_DTYPE, STATUS_COMPLETE
-from ..domain.grid import featmap_sizes
+from .layout import BlockMap
 from .layout_check import ARRAYS, array_problems, ptr_problems
+from .shards import ROW_ARRAYS, ChunkDamage, ShardedRows
+from .tables import load_tables
 from .targets import LDTargets
+
+ZSTD = numcodecs.Zstd()
 
 
 def open_store(path: str | Path, require_complete: bool = True, mode: str = "r") -> tuple[zarr.Group, StoreAttrs]:
@@ -26,6 +32,8 @@ def open_store(path: str | Path, require_complete: bool = True, mode: str = "r")
         group = zarr.open_group(str(path), mode=mode)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
         raise StoreFormatError(f"{path} is not an ldcache store (no Zarr group there)") from None
+    except OSError as err:
+        raise io_error(path, err) from None
     raw = dict(group.attrs)
     if "ldcache_format" not in raw:
         raise StoreFormatError(f"{path} is a Zarr group but not an ldcache store (no ldcache_format attribute)")
@@ -49,93 +57,88 @@ def open_arrays(path, group: zarr.Group) -> dict[str, zarr.Array]:
         except (KeyError, ValueError, TypeError) as err:
             raise StoreFormatError(f"{path}: array '{name}' cannot be opened (its zarr.json is missing or not "
                                    f"valid: {str(err)[:200]}); dump the store again") from None
+        except OSError as err:
+            raise io_error(f"{path}/{name}/zarr.json", err) from None
     return arrays
 
 
 class CheckedArrays:
-    """Whole arrays of a store read through zarr, with damage named as an ldcache error."""
+    """The store's one-object arrays (everything but `masks` and `logits`), fetched and checked
+    without zarr, with damage named as an ldcache error."""
 
-    def __init__(self, path, attrs: StoreAttrs, arrays: dict[str, zarr.Array]):
-        self.path, self.attrs, self.arrays = path, attrs, arrays
-        self.fs, self.root = store_filesystem(path)
-        self.blocks: BlockMap | None = None  # known once ptr is read: then damage names its block
+    def __init__(self, path, attrs: StoreAttrs, arrays: dict[str, zarr.Array], fetcher: Fetcher):
+        self.path, self.attrs, self.arrays, self.fetcher = path, attrs, arrays, fetcher
 
     def read(self, name: str) -> np.ndarray:
-        """The whole array; StoreCorruptError when one of its chunks fails its checksum, or when the
-        one chunk of a per-record or per-image array (always written) is missing."""
-        array = self.arrays[name]
-        grid = chunk_grid(array)
-        if name not in ("done", "block_stats") and len(grid) == 1 and not self.fs.exists(self._path(name, grid[0])):
-            raise self._error(name, grid[0], "the chunk object is missing")
-        try:
-            return array[:]
-        except ValueError as err:  # zarr's crc32c codec: "Stored and computed checksum do not match"
-            if "checksum" not in str(err):
-                raise
-            raise self._first_damage(name) from None
+        """The whole array; StoreCorruptError when its object is missing or fails its checksum."""
+        return self.read_many([name])[name]
 
-    def _path(self, name: str, coords: tuple[int, ...]) -> str:
-        return f"{self.root}/{name}/{chunk_key(self.arrays[name], coords)}"
+    def read_many(self, names: list[str]) -> dict[str, np.ndarray]:
+        """{name: whole array}, their objects fetched in one request."""
+        values, problems = self.check_many(names)
+        for name, problem in problems.items():
+            array = self.arrays[name]
+            raise corrupt_error(self.path, self.attrs, name, chunk_key(array, (0,) * array.ndim),
+                                "a per-record or per-image array, read for every block", problem)
+        return values
 
-    def _first_damage(self, name: str) -> StoreError:
-        for coords in chunk_grid(self.arrays[name]):
-            path = self._path(name, coords)
-            problem = checksum_problem(self.fs.cat_file(path)) if self.fs.exists(path) else None
+    def check_many(self, names: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """({name: array} of the intact arrays, {name: what is wrong} of the others), in one request."""
+        stored = [n for n in names if self.arrays[n].size]
+        blobs = self.fetcher.objects([self._key(n) for n in stored])
+        values = {n: np.zeros(self.arrays[n].shape, self.arrays[n].dtype) for n in names if n not in stored}
+        problems = {}
+        for name, blob in zip(stored, blobs):
+            array = self.arrays[name]
+            problem = checksum_problem(blob)
+            if problem is None:
+                try:
+                    raw = ZSTD.decode(memoryview(blob)[:-CRC_BYTES])
+                except RuntimeError as err:
+                    problem = f"zstd cannot decode it ({err})"
+                else:
+                    if len(raw) != array.nbytes:
+                        problem = f"it decodes to {len(raw)} bytes, not the {array.nbytes} of shape {array.shape}"
             if problem:
-                return self._error(name, coords, problem)
-        return StoreFormatError(f"{self.path}: array '{name}' cannot be read (a chunk fails its checksum, "
-                                "and then none did); run `ldcache verify` on it")
+                problems[name] = problem
+            else:
+                values[name] = np.frombuffer(raw, dtype=array.dtype.newbyteorder("<")).reshape(array.shape)
+        return values, problems
 
-    def _error(self, name: str, coords: tuple[int, ...], problem: str) -> StoreError:
-        if name in ("done", "block_stats") and self.blocks is not None:
-            where = self.blocks.describe(coords[0])
-        else:
-            where = "a per-record or per-image array, read for every block"
-        return corrupt_error(self.path, self.attrs, name, chunk_key(self.arrays[name], coords), where, problem)
+    def _key(self, name: str) -> str:
+        return f"{name}/{chunk_key(self.arrays[name], (0,) * self.arrays[name].ndim)}"
 
 
 class StoreReader:
-    """Read records of a finished store. Cheap to create; open one per DataLoader worker."""
+    """Read records of a finished store. Cheap to create; open one per DataLoader worker.
+
+    Opening fetches a fixed number of objects whatever the store's size: the attributes, the
+    arrays' metadata and, on the first open on a machine, the small arrays (store/tables.py). A
+    record's rows of `masks` and `logits` then come in one batched request of byte ranges.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path) if "://" not in str(path) else path
         self.group, self.attrs = open_store(path)
         arrays = open_arrays(path, self.group)
-        self.arrays = CheckedArrays(path, self.attrs, arrays)
-        self.ptr = self.arrays.read("ptr")
-        rows = arrays["masks"].shape[0]
-        problems = array_problems(arrays, self.attrs) or ptr_problems(self.ptr, self.attrs, rows)
+        problems = array_problems(arrays, self.attrs)
         if problems:
             raise StoreFormatError(f"{path}: {problems[0]}; `ldcache verify {path}` says more")
-        self.image_ids = self.arrays.read("image_ids")
-        self.blocks = self.arrays.blocks = BlockMap(self.ptr, self.attrs, self.image_ids)
-        self._check_done(self.arrays.read("done"))
+        self.fetcher = Fetcher(*store_filesystem(path))
+        self.arrays = CheckedArrays(path, self.attrs, arrays, self.fetcher)
+        self.tables = load_tables(str(path), self.attrs, self.arrays.read_many)
+        self.ptr, self.image_ids = self.tables["ptr"], self.tables["image_ids"]
+        problems = ptr_problems(self.ptr, self.attrs, arrays["masks"].shape[0])
+        if problems:
+            raise StoreFormatError(f"{path}: {problems[0]}; `ldcache verify {path}` says more")
+        self.blocks = BlockMap.of_store(self.ptr, self.attrs, self.image_ids)
         self.num_views = len(self.attrs.views)
-        self._record_of_image = {int(i): k for k, i in enumerate(self.image_ids)}
-        self.img_shape = self.arrays.read("img_shape")
-        self.pad_shape = self.arrays.read("pad_shape")
-        self.scale_factor = self.arrays.read("scale_factor")
-        self.flip = self.arrays.read("flip")
-        fs, root = store_filesystem(path)
-        self._masks = RowReader(fs, f"{root}/masks", arrays["masks"], self._row_damage("masks", arrays["masks"]))
-        self._logits = RowReader(fs, f"{root}/logits", arrays["logits"], self._row_damage("logits", arrays["logits"]))
+        self.img_shape, self.pad_shape = self.tables["img_shape"], self.tables["pad_shape"]
+        self.scale_factor, self.flip = self.tables["scale_factor"], self.tables["flip"]
+        self._rows = [ShardedRows(name, arrays[name]) for name in ROW_ARRAYS]
         self.codec = self.attrs.value_codec()
         self.strides = self.attrs.head.strides
         self.num_classes = self.attrs.head.num_classes
-
-    def _check_done(self, done: np.ndarray) -> None:
-        """A complete store has every done flag set; one that is not was lost after the dump."""
-        lost = np.nonzero(done != 1)[0]
-        if len(lost):
-            chunk = chunk_key(self.arrays.arrays["done"], (int(lost[0]),))
-            raise corrupt_error(self.path, self.attrs, "done", chunk, self.blocks.describe(int(lost[0])),
-                                f"the done flag is missing or 0 in a complete store ({len(lost)} block(s) so)")
-
-    def _row_damage(self, name: str, array: zarr.Array):
-        def error(chunk: int, problem: str) -> StoreError:
-            where = self.blocks.describe(self.blocks.block_of_chunk(chunk))
-            return corrupt_error(self.path, self.attrs, name, chunk_key(array, (chunk, 0)), where, problem)
-        return error
 
     @property
     def num_records(self) -> int:
@@ -143,46 +146,81 @@ class StoreReader:
 
     def record_index(self, image_id: int, view: int) -> int:
         """The record of (image id, view index), or a clear error."""
-        if image_id not in self._record_of_image:
+        order = self.tables["image_order"]
+        k = int(np.searchsorted(self.image_ids, image_id, sorter=order))
+        if k >= len(order) or int(self.image_ids[order[k]]) != image_id:
             raise StoreMismatchError(f"image id {image_id} is not in store {self.path}")
         if not 0 <= view < self.num_views:
             raise StoreMismatchError(f"view {view} out of range: the store has {self.num_views} views")
-        return self._record_of_image[image_id] * self.num_views + view
+        return int(order[k]) * self.num_views + view
 
     def read_record(self, record: int) -> LDTargets:
-        """All levels of one record: the chunks under its rows of `masks` and `logits`."""
-        bounds = self.ptr[record]
-        start, end = int(bounds[0]), int(bounds[-1])
-        masks = np.ascontiguousarray(self._masks.rows(start, end)).view(MASK_DTYPE).reshape(-1)
-        grid = featmap_sizes(tuple(self.pad_shape[record]), self.strides)
-        class_rows = None if self.attrs.values.vlr_class_logits else (masks["flags"] & FLAG_MAIN) > 0
-        return LDTargets(bounds - start, np.asarray(grid, dtype=np.int64), masks,
-                         self.codec.decode(self._logits.rows(start, end), class_rows), self.num_classes)
-
-    def row_ranges(self) -> list[tuple[int, int]]:
-        """(start, end) of the stored rows, one range per chunk of `masks` and `logits` (the padding
-        after a block's last row left out): a pass over them reads every chunk once."""
-        chunk_rows = self.attrs.layout.chunk_rows
-        ranges = []
-        for block in range(self.blocks.num_blocks):
-            start, end = self.blocks.rows(block)
-            ranges += [(max(start, c * chunk_rows), min(end, (c + 1) * chunk_rows)) for c in self.blocks.chunks(block)]
-        return ranges
+        """All levels of one record: its rows of `masks` and `logits`, fetched together."""
+        bounds = np.asarray(self.ptr[record])
+        start = int(bounds[0])
+        masks, values = self.read_rows(start, int(bounds[-1]))
+        grid = featmap_sizes(tuple(int(v) for v in self.pad_shape[record]), self.strides)
+        return LDTargets(bounds - start, np.asarray(grid, dtype=np.int64), masks, values, self.num_classes)
 
     def read_rows(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
-        """MASK_DTYPE rows start:end and their decoded values [end - start, 4 * bins + C], through
-        the same checks as records (checksums; a lost chunk is an error, never zeros)."""
-        masks = np.ascontiguousarray(self._masks.rows(start, end)).view(MASK_DTYPE).reshape(-1)
-        return masks, self.codec.decode(self._logits.rows(start, end))
+        """MASK_DTYPE rows start:end and their decoded values [end - start, 4 * bins + C], in one
+        request for both arrays; every chunk's checksum is checked, a lost chunk is an error."""
+        masks_bytes, stored = self._fetch_rows(start, end)
+        masks = np.ascontiguousarray(masks_bytes).view(MASK_DTYPE).reshape(-1)
+        class_rows = None if self.attrs.values.vlr_class_logits else (masks["flags"] & FLAG_MAIN) > 0
+        return masks, self.codec.decode(stored, class_rows)
+
+    def _pieces(self, start: int, end: int) -> list[tuple[int, int, int, range]]:
+        """(shard, first row, end row, inner chunks) of each shard the rows start:end lie in."""
+        shard_rows, chunk_rows = self.attrs.layout.shard_rows, self.attrs.layout.chunk_rows
+        pieces = []
+        for shard in range(start // shard_rows, (end - 1) // shard_rows + 1):
+            base = shard * shard_rows
+            lo, hi = max(start, base), min(end, base + shard_rows)
+            pieces.append((shard, lo, hi, range((lo - base) // chunk_rows, (hi - 1 - base) // chunk_rows + 1)))
+        return pieces
+
+    def _fetch_rows(self, start: int, end: int) -> list[np.ndarray]:
+        """Rows start:end of each row array, through one batched request of byte ranges."""
+        if end <= start:
+            return [np.zeros((0, r.width), dtype=r.dtype) for r in self._rows]
+        pieces = self._pieces(start, end)
+        index = self.tables["shard_index"]
+        requests = []
+        for a, rows in enumerate(self._rows):
+            for shard, _, _, chunks in pieces:
+                try:
+                    span = rows.chunk_span(index[a, shard], chunks)
+                except ChunkDamage as damage:
+                    raise self._damage(rows, shard, damage) from None
+                requests.append((rows.shard_key(shard), *span))
+        blobs = iter(self.fetcher.ranges(*zip(*requests)))
+        out = []
+        for a, rows in enumerate(self._rows):
+            parts = []
+            for (shard, lo, hi, chunks), (_, span_start, _) in zip(pieces, requests[a * len(pieces):]):
+                try:
+                    decoded = rows.decode_span(next(blobs), index[a, shard], chunks, span_start)
+                except ChunkDamage as damage:
+                    raise self._damage(rows, shard, damage) from None
+                first = shard * rows.shard_rows + chunks.start * rows.chunk_rows
+                parts.append(decoded[lo - first:hi - first])
+            out.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        return out
+
+    def _damage(self, rows: ShardedRows, shard: int, damage: ChunkDamage) -> StoreError:
+        block = self.blocks.block_of_row(shard * rows.shard_rows)
+        return corrupt_error(self.path, self.attrs, rows.name, describe_chunk(rows, shard, damage.chunk),
+                             self.blocks.describe(block), damage.problem)
 
     def image_file(self, image_index: int) -> str:
         """File name of an image, relative to the dump's image folder."""
-        return bytes(self.arrays.read("image_files")[image_index]).rstrip(b"\0").decode()
+        return bytes(self.tables["image_files"][image_index]).rstrip(b"\0").decode()
 
     def gt_boxes(self, image_index: int) -> np.ndarray:
         """[G, 4] xyxy GT boxes of an image in its original coordinates, as the dump used them."""
-        lo, hi = (int(v) for v in self.arrays.read("gt_ptr")[image_index:image_index + 2])
-        return self.arrays.read("gt_boxes")[lo:hi] if hi > lo else np.zeros((0, 4), np.float32)
+        lo, hi = (int(v) for v in self.tables["gt_ptr"][image_index:image_index + 2])
+        return np.array(self.tables["gt_boxes"][lo:hi]) if hi > lo else np.zeros((0, 4), np.float32)
 
     def match_view(self, image_id: int, img_shape, scale_factor, flip: bool) -> int:
         """The record of this image whose geometry is exactly the sample's, or a clear error."""
@@ -200,3 +238,11 @@ class StoreReader:
             f"but the store {self.path} holds views {stored} only "
             f"(dumped at scales {[list(v.scale) for v in self.attrs.views]}). Make the train pipeline "
             "resize and flip as the dump did, or dump the views it needs (--scale, --flip).")
+
+
+def describe_chunk(rows: ShardedRows, shard: int, chunk: int | None) -> str:
+    """'c/3/0' for a shard, 'c/3/0 inner chunk 5 (rows 2560-3071 of the shard)' for one of its chunks."""
+    key = rows.shard_key(shard).split("/", 1)[1]
+    if chunk is None:
+        return key
+    return f"{key} inner chunk {chunk} (rows {chunk * rows.chunk_rows}-{(chunk + 1) * rows.chunk_rows - 1} of the shard)"

@@ -1,33 +1,41 @@
-"""`ldcache verify`: read every chunk a finished store must hold and report what is damaged.
+"""`ldcache verify`: read every object a finished store must hold and report what is damaged.
 
-The layout comes first (array shapes, chunk shapes and codecs against the attributes; row pointers
-monotone, inside the row arrays, each block on a chunk boundary): without it, no chunk can be
-placed. Then every chunk object that must exist is fetched, in batches on a thread pool, and
-checked: present, its CRC32C, and for `masks` and `logits` a Blosc decode of the right size. A
-chunk of a block with rows is always written, so a missing one is damage, never zeros.
+The layout comes first (array shapes, chunk and shard shapes and codecs against the attributes;
+row pointers monotone, inside the row arrays, each block on a shard boundary): without it, no
+chunk can be placed. Then the one-object arrays are fetched and checked (present, CRC32C, zstd
+decode of the right size), and every block's shard of `masks` and of `logits` is fetched, in
+batches on a thread pool: its index (CRC32C, and equal to the copy in `shard_index`) and every
+inner chunk under the block's rows (present, CRC32C, Blosc decode of the chunk's size). A chunk
+under a finished block's rows is always written, so a missing one is damage, never zeros.
+
+Only "not found" counts as missing: an object the storage fails to return after retries stops
+verify with a StoreIOError (nothing is reported damaged because the storage had a bad minute).
+Nothing here prints: the caller renders the report and any progress.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import console
 from ..errors import StoreError
-from .chunks import ChunkDamage, RowReader
-from .damage import BlockMap, checksum_problem, chunk_grid, chunk_key, repair_command
+from .damage import chunk_key, repair_command
+from .fetch import Fetcher
 from .filesystem import store_filesystem
 from .format import STATUS_COMPLETE
-from .layout_check import ROW_ARRAYS, array_problems, ptr_problems
-from .reader import CheckedArrays, open_arrays, open_store
+from .layout import BlockMap
+from .layout_check import ONE_OBJECT_ARRAYS, array_problems, ptr_problems
+from .reader import CheckedArrays, describe_chunk, open_arrays, open_store
+from .shards import EMPTY, ROW_ARRAYS, ChunkDamage, ShardedRows, index_nbytes, parse_index
 
-BATCH = 64  # chunk objects per request: fsspec fetches a batch concurrently on object stores
+SHARDS_PER_REQUEST = 8  # shards are large (a block's rows): a few per batched request
 
 
 @dataclass(frozen=True)
 class Damage:
-    """One damaged chunk: of a block, or (block None) of a per-record or per-image array."""
+    """One damaged object or inner chunk: of a block, or (block None) of a one-object array."""
 
     array: str
     chunk: str
@@ -52,7 +60,7 @@ class VerifyReport:
         return self.status == STATUS_COMPLETE and not self.layout and not self.damage
 
     def damaged_blocks(self) -> dict[int, list[Damage]]:
-        """{block: its damaged chunks}, in block order."""
+        """{block: its damage}, in block order."""
         found = {}
         for damage in sorted(self.damage, key=lambda d: (d.block, d.array, d.chunk)):
             if damage.block is not None:
@@ -72,115 +80,104 @@ class VerifyReport:
                 "repair": self.repair if not self.ok else None}
 
 
-def verify_store(path, threads: int = 8, show_progress: bool = True) -> VerifyReport:
-    """Check a store's layout and every chunk it must hold. Raises StoreError only when `path`
-    is not an ldcache store of this format (no store, unreadable attributes)."""
+def verify_store(path, threads: int = 8, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    """Check a store's layout and every object it must hold; `progress(done, total)` is called as
+    blocks are checked. Raises StoreError only when `path` is not an ldcache store of this format
+    (no store, unreadable attributes), and StoreIOError when the storage does not answer."""
     group, attrs = open_store(path, require_complete=False)
     report = VerifyReport(str(path), attrs.status, repair=repair_command(path, attrs))
     if attrs.status != STATUS_COMPLETE:
         return report
+    fetcher = Fetcher(*store_filesystem(path))
     try:
         arrays = open_arrays(path, group)
-        checked = CheckedArrays(path, attrs, arrays)
-        ptr = checked.read("ptr")
     except StoreError as err:
         report.layout.append(str(err))
         return report
-    report.layout = array_problems(arrays, attrs) or ptr_problems(ptr, attrs, arrays["masks"].shape[0])
+    report.layout = array_problems(arrays, attrs)
     if report.layout:
         return report
-    try:
-        image_ids = checked.read("image_ids")
-    except StoreError:
-        image_ids = None  # reported with the chunks below; blocks are then named by records only
-    report.blocks = BlockMap(ptr, attrs, image_ids)
-    expected = _expected_chunks(arrays, report.blocks)
-    report.damage = _damaged_chunks(path, arrays, expected, threads, show_progress)
-    report.damage += _unset_done_flags(arrays["done"], report.damage, arrays)
-    report.chunks_checked = len(expected)
+    small, report.damage = _one_object_arrays(CheckedArrays(path, attrs, arrays, fetcher))
+    if "ptr" not in small:
+        return report
+    report.layout = ptr_problems(small["ptr"], attrs, arrays["masks"].shape[0])
+    if report.layout:
+        return report
+    report.blocks = BlockMap.of_store(small["ptr"], attrs, small.get("image_ids"))
+    rows = [ShardedRows(name, arrays[name]) for name in ROW_ARRAYS]
+    index = small.get("shard_index")
+    if index is not None and index.shape[1] != len(report.blocks.blocks_with_rows()):
+        report.damage.append(Damage("shard_index", "c/0/0/0/0", f"it indexes {index.shape[1]} shards, the store "
+                                    f"has {len(report.blocks.blocks_with_rows())}", None))
+        index = None
+    checked = _check_blocks(fetcher, rows, report.blocks, index, threads, progress)
+    report.damage += [d for found in checked for d in found[1]]
+    report.chunks_checked = len(small) + sum(n for n, _ in checked)
     return report
 
 
-def _expected_chunks(arrays: dict, blocks: BlockMap) -> list[tuple[str, tuple[int, ...], int | None]]:
-    """(array, chunk coordinates, block or None) of every chunk object a finished store holds."""
-    expected = []
-    for block in range(blocks.num_blocks):
-        chunks = blocks.chunks(block)
-        expected += [(name, (c, 0), block) for name in ROW_ARRAYS for c in chunks]
-        expected.append(("done", (block,), block))
-        if len(chunks):  # a block without rows has no statistics written
-            expected.append(("block_stats", (block, 0, 0), block))
-    for name, array in arrays.items():
-        if name not in (*ROW_ARRAYS, "done", "block_stats"):
-            expected += [(name, coords, None) for coords in chunk_grid(array)]
-    return expected
+def _one_object_arrays(arrays: CheckedArrays) -> tuple[dict[str, np.ndarray], list[Damage]]:
+    """The intact one-object arrays and the damage of the others."""
+    values, problems = arrays.check_many(list(ONE_OBJECT_ARRAYS))
+    return values, [Damage(name, chunk_key(arrays.arrays[name], (0,) * arrays.arrays[name].ndim), problem, None)
+                    for name, problem in problems.items()]
 
 
-def _damaged_chunks(path, arrays: dict, expected: list, threads: int, show_progress: bool) -> list[Damage]:
-    fs, root = store_filesystem(path)
-    row_readers = {name: RowReader(fs, f"{root}/{name}", arrays[name], on_damage=ChunkDamage) for name in ROW_ARRAYS}
+def _check_blocks(fetcher: Fetcher, rows: list[ShardedRows], blocks: BlockMap, index: np.ndarray | None,
+                  threads: int, progress) -> list[tuple[int, list[Damage]]]:
+    """(inner chunks checked, damage) per batch of blocks with rows."""
+    todo = blocks.blocks_with_rows()
+    batches = [todo[i:i + SHARDS_PER_REQUEST] for i in range(0, len(todo), SHARDS_PER_REQUEST)]
 
-    def check(batch: list) -> list[Damage]:
-        paths = [f"{root}/{name}/{chunk_key(arrays[name], coords)}" for name, coords, _ in batch]
-        blobs = fs.cat(paths, on_error="return")
-        found = []
-        for (name, coords, block), path in zip(batch, paths):
-            blob = blobs.get(path)
-            blob = None if isinstance(blob, BaseException) else blob
-            problem = _row_chunk_problem(row_readers[name], blob) if name in row_readers else checksum_problem(blob)
-            if problem:
-                found.append(Damage(name, chunk_key(arrays[name], coords), problem, block))
-        return found
+    def check(batch: list[int]) -> tuple[int, list[Damage]]:
+        keys = [r.shard_key(blocks.shard(b)) for r in rows for b in batch]
+        blobs = iter(fetcher.objects(keys))
+        checked, found = 0, []
+        for a, r in enumerate(rows):
+            for block in batch:
+                copy = index[a, blocks.shard(block)] if index is not None else None
+                checked += len(blocks.chunks(block))
+                found += _shard_damage(r, next(blobs), blocks, block, copy)
+        return checked, found
 
-    batches = [expected[i:i + BATCH] for i in range(0, len(expected), BATCH)]
-    damage = []
-    with console.progress(show_progress, unit="chunks") as progress, ThreadPoolExecutor(threads) as pool:
-        task = progress.add_task(f"verifying {path}", total=len(expected))
-        for batch, found in zip(batches, pool.map(check, batches)):
-            damage += found
-            progress.advance(task, len(batch))
-    return damage
+    results = []
+    with ThreadPoolExecutor(threads) as pool:
+        for batch, result in zip(batches, pool.map(check, batches)):
+            results.append(result)
+            if progress:
+                progress(sum(len(b) for b in batches[:len(results)]), len(todo))
+    return results
 
 
-def _row_chunk_problem(reader: RowReader, blob: bytes | None) -> str | None:
+def _shard_damage(rows: ShardedRows, blob: bytes | None, blocks: BlockMap, block: int,
+                  copy: np.ndarray | None) -> list[Damage]:
+    """What is wrong with one block's shard of one array: its index, and each inner chunk of its rows."""
+    shard = blocks.shard(block)
+
+    def damage(problem: str, chunk: int | None = None) -> Damage:
+        return Damage(rows.name, describe_chunk(rows, shard, chunk), problem, block)
+
+    if blob is not None and copy is not None and len(blob) < _stored_length(copy, rows):
+        return [damage(f"the shard object is truncated to {len(blob)} bytes (its chunks and index take "
+                       f"{_stored_length(copy, rows)})")]
     try:
-        reader.decode(blob)
-    except ChunkDamage as damage:
-        return str(damage)
-    return None
+        own = parse_index(None if blob is None else blob[-index_nbytes(rows.chunks_per_shard):],
+                          rows.chunks_per_shard)
+    except ChunkDamage as err:
+        return [damage(err.problem)]
+    found = []
+    if copy is not None and not np.array_equal(own, copy):
+        found.append(damage("the shard's own index differs from its copy in `shard_index`"))
+    for chunk in blocks.chunks(block):
+        try:
+            rows.chunk_span(own, range(chunk, chunk + 1))  # stored at all
+            rows.decode_span(blob, own, range(chunk, chunk + 1), 0)
+        except ChunkDamage as err:
+            found.append(damage(err.problem, chunk))
+    return found
 
 
-def _unset_done_flags(done_array, damage: list[Damage], arrays: dict) -> list[Damage]:
-    """Blocks whose done chunk is intact but holds 0: a finished store has every flag set."""
-    damaged = {d.block for d in damage if d.array == "done"}
-    intact = [b for b in range(done_array.shape[0]) if b not in damaged]
-    # One read of the whole array when it can be; block by block around damaged chunks.
-    done = done_array[:] if not damaged else np.array([done_array[b] if b not in damaged else 1
-                                                       for b in range(done_array.shape[0])])
-    return [Damage("done", chunk_key(arrays["done"], (b,)), "the done flag is 0 in a finished store", b)
-            for b in intact if done[b] != 1]
-
-
-def print_report(report: VerifyReport) -> None:
-    """The report as a table and lines on stdout (what `ldcache verify` prints without --json)."""
-    if report.status != STATUS_COMPLETE:
-        console.out.print(f"{report.store}: UNFINISHED (status '{report.status}'): its dump stopped before the end; "
-                          f"finish it with {report.repair}", highlight=False, markup=False, soft_wrap=True)
-        return
-    if report.ok:
-        console.out.print(f"{report.store}: OK ({report.chunks_checked} chunks checked, every block done, "
-                          "layout as the attributes say)", highlight=False, markup=False, soft_wrap=True)
-        return
-    for problem in report.layout:
-        console.out.print(f"layout: {problem}", highlight=False, markup=False, soft_wrap=True)
-    rows = [(d.array, d.chunk, report.blocks.describe(d.block) if d.block is not None else "every block", d.problem)
-            for d in sorted(report.damage, key=lambda d: (-1 if d.block is None else d.block, d.array, d.chunk))]
-    if rows:
-        console.table(f"damaged chunks of {report.store}", ("array", "chunk", "block (records, image ids)", "problem"),
-                      rows)
-    blocks = len(report.damaged_blocks())
-    console.out.print(f"{report.store}: DAMAGED ({len(report.layout)} layout problem(s), {len(report.damage)} damaged "
-                      f"chunk(s) in {blocks} block(s) of {report.blocks.num_blocks if report.blocks else '?'}). "
-                      f"Repair: {report.repair}" if not report.layout else
-                      f"{report.store}: DAMAGED layout: it cannot be repaired block by block; dump it again",
-                      highlight=False, markup=False, soft_wrap=True)
+def _stored_length(index: np.ndarray, rows: ShardedRows) -> int:
+    """The bytes of a shard whose index is `index`: its stored chunks, then the index."""
+    stored = index[index[:, 0] != EMPTY]
+    return int((stored[:, 0] + stored[:, 1]).max(initial=0)) + index_nbytes(rows.chunks_per_shard)

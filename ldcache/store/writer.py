@@ -1,14 +1,16 @@
-"""Lay out a new store and update its attributes (docs/store-format.md).
+"""Lay out a new store, finish it, and update its attributes (docs/store-format.md).
 
 Rows are ragged (CSR): record r = image_index * n_views + view_index owns rows
 ``ptr[r, 0] : ptr[r, L]``, level l rows ``ptr[r, l] : ptr[r, l + 1]``. Every row has a packed
 region entry in ``masks`` and its teacher logits in ``logits``. Records are grouped in blocks of
-``block_size``, and each block's rows start on a chunk boundary: a block has one writer, and two
-writers never touch one chunk. A block's ``done`` flag is written after its rows, and ``status``
-becomes "complete" only once every block is done.
+``block_size``, and each block's rows are one shard object of each array: a block has one writer,
+and two writers never touch one object. During the dump a block's done flag and statistics are
+objects of their own under ``progress/``; when every block is done they are consolidated, and
+``status`` becomes "complete".
 
-Every chunk ends with a CRC32C of its encoded bytes (zarr's crc32c codec), and every chunk a writer
-touches is written even when it holds only zeros, so a reader tells a lost chunk from an empty one.
+Every chunk ends with a CRC32C of its encoded bytes (zarr's crc32c codec), and every chunk under a
+block's rows is written even when it holds only zeros, so a reader tells a lost chunk from an
+empty one.
 """
 from __future__ import annotations
 
@@ -19,10 +21,14 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
+from ..errors import StoreCorruptError
 from .attrs import StoreAttrs
 from .codec import ValueCodec
-from .format import MASK_DTYPE, STATUS_CREATED
-from .layout import num_blocks
+from .fetch import Fetcher
+from .filesystem import store_filesystem
+from .format import MASK_DTYPE, PROGRESS, STATUS_COMPLETE, STATUS_CREATED
+from .layout import BlockMap, num_blocks
+from .shards import ROW_ARRAYS, ChunkDamage, ShardedRows, index_nbytes, parse_index
 from .statistics import stats_width
 
 
@@ -49,37 +55,92 @@ def checksummed(compressor) -> tuple:
 
 def writable(group: zarr.Group, name: str) -> zarr.Array:
     """An array of the store to write to: chunks that hold only zeros are written too (zarr skips
-    them by default), so that every chunk a block owns exists once the block is done."""
+    them by default), so that every chunk under a block's rows exists once the block is done."""
     return group[name].with_config({"write_empty_chunks": True})
+
+
+def _one_chunk(group: zarr.Group, name: str, values: np.ndarray) -> None:
+    """A small array stored whole, as one checksummed object."""
+    group.create_array(name, data=values, chunks=tuple(max(n, 1) for n in values.shape), overwrite=True,
+                       compressors=checksummed(ZstdCodec()), config={"write_empty_chunks": True})
+
+
+def _row_array(group: zarr.Group, name: str, rows: int, width: int, dtype, layout, compressor) -> None:
+    group.create_array(name, shape=(rows, width), dtype=dtype, chunks=(layout.chunk_rows, width),
+                       shards=(layout.shard_rows, width), fill_value=0, compressors=checksummed(compressor))
 
 
 def create_store(path: str | Path, attrs: StoreAttrs, ptr: np.ndarray, total_rows: int,
                  small_arrays: dict[str, np.ndarray]) -> zarr.Group:
     """Lay out an empty store: every array allocated, no block done, status 'created'.
 
-    `small_arrays` are the per-record and per-image arrays, each stored as one chunk."""
+    `attrs.layout.shard_rows` must be the one the layout of `ptr` was made with; `small_arrays`
+    are the per-record and per-image arrays, each stored as one object."""
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     group.attrs.update(dataclasses.replace(attrs, status=STATUS_CREATED).to_dict())
     codec, layout = attrs.value_codec(), attrs.layout
-    rows = max(total_rows, 1)
+    rows = max(total_rows, layout.shard_rows)
     for name, values in {"ptr": ptr, **small_arrays}.items():
-        group.create_array(name, data=values, chunks=tuple(max(n, 1) for n in values.shape),
-                           compressors=checksummed(ZstdCodec()), config={"write_empty_chunks": True})
-    group.create_array("masks", shape=(rows, MASK_DTYPE.itemsize), dtype="u1",
-                       chunks=(layout.chunk_rows, MASK_DTYPE.itemsize), fill_value=0,
-                       # One row is one shuffle element: its bytes are grouped field by field.
-                       compressors=checksummed(blosc(MASK_DTYPE.itemsize)))
-    group.create_array("logits", shape=(rows, codec.width), dtype=codec.storage_dtype,
-                       chunks=(layout.chunk_rows, codec.width), compressors=checksummed(logits_compressor(codec)),
-                       fill_value=0)
-    blocks = num_blocks(ptr.shape[0], layout.block_size)
-    group.create_array("done", shape=(blocks,), dtype="u1", chunks=(1,), fill_value=0,
-                       compressors=checksummed(ZstdCodec()))
-    # One chunk per block, so that each block's writer owns its statistics' chunk too.
-    group.create_array("block_stats", shape=(blocks, ptr.shape[1] - 1, stats_width()), dtype="f8",
-                       chunks=(1, ptr.shape[1] - 1, stats_width()), fill_value=0,
-                       compressors=checksummed(ZstdCodec()))
+        _one_chunk(group, name, values)
+    # One row is one shuffle element: its bytes are grouped field by field.
+    _row_array(group, "masks", rows, MASK_DTYPE.itemsize, "u1", layout, blosc(MASK_DTYPE.itemsize))
+    _row_array(group, "logits", rows, codec.width, codec.storage_dtype, layout, logits_compressor(codec))
+    open_progress(group, np.zeros(num_blocks(ptr.shape[0], layout.block_size), np.uint8),
+                  np.zeros((num_blocks(ptr.shape[0], layout.block_size), ptr.shape[1] - 1, stats_width())))
     return group
+
+
+def open_progress(group: zarr.Group, done: np.ndarray, block_stats: np.ndarray) -> None:
+    """The dump's bookkeeping, one object per block so that each block's writer owns its own: its
+    done flag (written after its rows) and its statistics. Removed once the store is complete."""
+    progress = group.require_group(PROGRESS)
+    progress.create_array("done", data=done, chunks=(1,), overwrite=True, compressors=checksummed(ZstdCodec()),
+                          config={"write_empty_chunks": True})
+    progress.create_array("block_stats", data=block_stats, chunks=(1, *block_stats.shape[1:]), overwrite=True,
+                          compressors=checksummed(ZstdCodec()), config={"write_empty_chunks": True})
+
+
+def read_shard_indexes(fetcher: Fetcher, rows: ShardedRows, shards: list[int], batch: int = 256) -> np.ndarray:
+    """[len(shards), chunks_per_shard, 2] the (offset, size) index at the end of each shard object."""
+    tail = index_nbytes(rows.chunks_per_shard)
+    out = np.zeros((len(shards), rows.chunks_per_shard, 2), np.uint64)
+    for lo in range(0, len(shards), batch):
+        keys = [rows.shard_key(s) for s in shards[lo:lo + batch]]
+        for i, (key, blob) in enumerate(zip(keys, fetcher.ranges(keys, [-tail] * len(keys), [None] * len(keys)))):
+            try:
+                out[lo + i] = parse_index(blob, rows.chunks_per_shard)
+            except ChunkDamage as damage:
+                raise StoreCorruptError(f"{fetcher.root}: shard {key} is damaged as its dump finishes: "
+                                        f"{damage.problem}; re-run the dump with --resume") from None
+    return out
+
+
+def finish_store(path: str | Path, group: zarr.Group, attrs: StoreAttrs, blocks: BlockMap, summary,
+                 statistics) -> StoreAttrs:
+    """Consolidate a store whose every block is done, then mark it complete.
+
+    The per-block statistics become one object, the index of every shard of `masks` and `logits`
+    is copied into `shard_index` (readers find a record's bytes without reading a shard's index),
+    the status becomes 'complete' with the summary and statistics, and the per-block bookkeeping
+    is removed: a finished store holds two objects per block and a constant number besides."""
+    progress = group[PROGRESS]
+    _one_chunk(group, "block_stats", progress["block_stats"][:])
+    fs, root = store_filesystem(path)
+    fetcher = Fetcher(fs, root)
+    shards = [blocks.shard(b) for b in blocks.blocks_with_rows()]
+    index = np.stack([read_shard_indexes(fetcher, ShardedRows(name, group[name]), shards) for name in ROW_ARRAYS])
+    _one_chunk(group, "shard_index", index.reshape(len(ROW_ARRAYS), len(shards), blocks.chunks_per_shard, 2))
+    attrs = write_status(group, attrs, STATUS_COMPLETE, summary=summary, statistics=statistics)
+    remove_progress(path)
+    return attrs
+
+
+def remove_progress(path: str | Path) -> None:
+    """Delete the per-block bookkeeping of a complete store (left behind if a finish was killed)."""
+    fs, root = store_filesystem(path)
+    target = f"{root}/{PROGRESS}"
+    if fs.exists(target):
+        fs.rm(target, recursive=True)
 
 
 def write_status(group: zarr.Group, attrs: StoreAttrs, status: str, **changes) -> StoreAttrs:

@@ -1,0 +1,73 @@
+"""A finished store's small arrays for its readers: read once per machine, then memory-mapped.
+
+Every DataLoader worker of every rank opens its own reader. Each needs the row pointers, the
+per-record geometry and the shard index (about 50 MB at COCO's size), which would otherwise be
+read, decoded and held once per worker (64 copies on an 8-GPU node with 8 workers each). The
+first reader on a machine writes them as .npy files under `$LDCACHE_HOME/tables/`, keyed by the
+store's location and its `summary.completion_id` (new at every completion, a repair's too); every
+reader then maps them, so the page cache holds one copy per machine. Where that folder cannot be
+written, a reader keeps its own copy in memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..paths import ldcache_home
+from .attrs import StoreAttrs
+
+# The arrays a reader maps, and one derived table: the image indexes in the order of their ids.
+TABLES = ("ptr", "image_ids", "img_shape", "pad_shape", "scale_factor", "flip", "shard_index", "image_files",
+          "gt_ptr", "gt_boxes")
+READY = "ready"  # written last: a folder without it is being written, or was left by a killed reader
+
+
+def tables_folder(store: str, attrs: StoreAttrs) -> Path:
+    """Where this machine keeps the tables of one completion of one store: under $LDCACHE_TABLES,
+    or $LDCACHE_HOME/tables. Each folder can be deleted at any time; a reader writes it again."""
+    location = store if "://" in store else str(Path(store).resolve())
+    key = hashlib.sha256(f"{location}\0{attrs.summary.completion_id}".encode()).hexdigest()[:32]
+    return Path(os.environ.get("LDCACHE_TABLES", ldcache_home() / "tables")) / key
+
+
+def load_tables(store: str, attrs: StoreAttrs,
+                read: Callable[[list[str]], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """{name: array} of TABLES and 'image_order', memory-mapped from this machine's copy; `read(names)`
+    reads arrays from the store (checked) when there is no copy yet."""
+    folder = tables_folder(store, attrs)
+    if not (folder / READY).exists():
+        values = read(list(TABLES))
+        values["image_order"] = np.argsort(values["image_ids"], kind="stable")
+        if not _write_tables(folder, values):
+            return values
+    # Plain ndarray views of the maps: numpy.memmap pays a Python hook on every index.
+    return {name: np.asarray(np.load(folder / f"{name}.npy", mmap_mode="r")) for name in (*TABLES, "image_order")}
+
+
+def _write_tables(folder: Path, values: dict[str, np.ndarray]) -> bool:
+    """Write the tables, each file atomically (readers racing here write the same bytes); False
+    when the folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, array in values.items():
+            _write_atomically(folder / f"{name}.npy", lambda f, a=array: np.save(f, np.ascontiguousarray(a)))
+        _write_atomically(folder / READY, lambda f: f.write(b"ok\n"))
+    except OSError:
+        return False
+    return True
+
+
+def _write_atomically(path: Path, write: Callable) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
