@@ -129,8 +129,8 @@ def test_a_dump_killed_after_block_k_of_pass_2_resumes_to_identical_arrays(refer
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_at,blocks_done", [
-    ("write:logits:2", 0),  # block 0's first logits chunk is written, the others are not
-    ("write:done:3", 2),  # block 2's logits and statistics are written, its done flag is not
+    ("write:logits:2", 1),  # block 1's logits shard is being written; block 0 is done
+    ("write:progress/done:3", 2),  # block 2's logits and statistics are written, its done flag is not
 ])
 def test_a_dump_killed_inside_a_block_of_pass_2_resumes_to_identical_arrays(reference_store, shapes_root,
                                                                             random_teacher, tmp_path, kill_at,
@@ -141,6 +141,25 @@ def test_a_dump_killed_inside_a_block_of_pass_2_resumes_to_identical_arrays(refe
     assert killed.returncode == -signal.SIGKILL
     assert _blocks_done(out) == blocks_done
     _refused_then_resumed(shapes_root, random_teacher, out, reference_store)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["deleted", "flipped byte"])
+def test_an_unfinished_store_with_damaged_masks_is_finished_by_resume(reference_store, shapes_root, random_teacher,
+                                                                      tmp_path, fault):
+    out = tmp_path / "killed"
+    assert _killed_dump(shapes_root, random_teacher, out, "pass2:1").returncode == -signal.SIGKILL
+    shard = out / "masks" / "c" / "5" / "0"  # of a block pass 2 has not reached
+    if fault == "deleted":
+        shard.unlink()
+    else:
+        data = bytearray(shard.read_bytes())
+        data[20] ^= 0x10
+        shard.write_bytes(bytes(data))
+    resumed = _run_cli(_dump_args(shapes_root, random_teacher, out, "--resume"))
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
+    assert "block 5: its masks are damaged" in " ".join(resumed.stderr.split())
+    _assert_same_arrays(_arrays(out), _arrays(reference_store))
 
 
 @pytest.mark.slow

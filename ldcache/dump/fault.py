@@ -6,9 +6,9 @@ process SIGKILL itself, with nothing flushed or cleaned up, as when a node dies:
 - `pass1:K` (or `pass2:K`): once K blocks of that pass are finished (pass 1: their rows staged;
   pass 2: their logits written and their done flags set);
 - `write:ARRAY:K`: as it opens the K-th chunk it writes of the store's array ARRAY (a file under
-  `ARRAY/c/` of a local store), before a byte of that chunk is written. `write:done:3` kills a dump
-  whose third block has its logits on disk but not its done flag; `write:masks:2` one that is
-  writing pass 1's masks into a laid-out store.
+  `ARRAY/c/` of a local store), before a byte of that chunk is written. `write:progress/done:3`
+  kills a dump whose third block has its logits on disk but not its done flag; `write:masks:2` one
+  that is writing pass 1's masks into a laid-out store.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import torch
 import zarr
 
 from .. import console
-from ..errors import BadInputError, StoreFormatError
+from ..errors import BadInputError, StoreCorruptError, StoreFormatError
 from ..store.attrs import StoreAttrs
 from ..store.filesystem import store_filesystem
 from ..store.format import MASK_DTYPE, STATUS_MASKS
@@ -31,6 +31,17 @@ def record_rows(maker: RegionRowMaker, entry: ImageEntry, view: View) -> list[np
     """Per level, the MASK_DTYPE rows of one image-view."""
     geo = view_geometry(entry.width, entry.height, view)
     return maker.rows(boxes_in_view(entry.boxes, geo), geo.pad_shape)
+
+
+def block_mask_rows(maker: RegionRowMaker, records: list, blocks: BlockMap, block: int) -> np.ndarray:
+    """A block's MASK_DTYPE rows computed again from the annotations, as pass 1 wrote them."""
+    start, end = blocks.rows(block)
+    per_record = [rows for r in blocks.records(block) for rows in record_rows(maker, *records[r])]
+    rows = np.concatenate(per_record) if per_record else np.zeros(0, MASK_DTYPE)
+    if len(rows) != end - start:
+        raise StoreCorruptError(f"block {block}'s regions give {len(rows)} rows, its place in the store's layout "
+                                f"holds {end - start}; delete the store and dump it again")
+    return rows
 
 
 def staging_root(out: str | Path) -> str:

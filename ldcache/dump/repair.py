@@ -24,7 +24,7 @@ from ..store.shards import ROW_ARRAYS, ShardedRows
 from ..store.statistics import rows_statistics
 from ..store.verify import VerifyReport, verify_store
 from ..store.writer import open_progress, writable, write_status
-from .regions_pass import record_rows
+from .regions_pass import block_mask_rows
 
 def repair_damaged_blocks(out, maker: RegionRowMaker, records: list, small_arrays: dict) -> list[int]:
     """Verify a finished store and prepare its damaged blocks for pass 2; returns those blocks."""
@@ -76,10 +76,7 @@ def _rewrite_masks(group: zarr.Group, report: VerifyReport, block: int, maker: R
                    records: list) -> None:
     """A block's masks computed again from the annotations, as pass 1 wrote them."""
     start, end = report.blocks.rows(block)
-    rows = np.concatenate([rows for r in report.blocks.records(block) for rows in record_rows(maker, *records[r])])
-    if len(rows) != end - start:
-        raise StoreCorruptError(f"{report.store}: block {block}'s regions give {len(rows)} rows, its place in the "
-                                f"layout holds {end - start}; delete the store and dump it again")
+    rows = block_mask_rows(maker, records, report.blocks, block)
     writable(group, "masks")[start:end] = rows.view(np.uint8).reshape(len(rows), MASK_DTYPE.itemsize)
 
 

@@ -27,7 +27,8 @@ from ..errors import BadInputError, LDCacheError, StoreIncompleteError, StoreMis
 from ..store.attrs import (DatasetAttrs, DumpSummary, GridAttrs, HeadGeometry, LayoutAttrs, RegionAttrs,
                            StoreAttrs, StoreStatistics, TeacherAttrs, ValuesAttrs, ViewAttrs)
 from ..store.codec import VALUE_CODECS
-from ..store.filesystem import store_bytes_on_disk, store_exists
+from ..store.fetch import Fetcher
+from ..store.filesystem import store_bytes_on_disk, store_exists, store_filesystem
 from ..store.format import (FLIP_DIRECTIONS, FORMAT_VERSION, PROGRESS, REGION_MODES, STATUS_COMPLETE,
                             STATUS_CREATED, VLR_METRICS)
 from ..domain.grid import featmap_sizes
@@ -39,7 +40,7 @@ from ..domain.rows import RegionRowMaker
 from .fault import arm_write_kill
 from .lock import StoreLock
 from .ranks import Ranks
-from .regions_pass import run_regions_pass
+from .regions_pass import block_mask_rows, run_regions_pass
 from .repair import repair_damaged_blocks
 from .scan import DatasetScan, scan_dataset
 from .space import check_room_for_pass_two, disk_full_as_error, pass_two_bytes
@@ -171,7 +172,10 @@ def _run_locked(opts: DumpOptions, ranks: Ranks, lock: StoreLock, started: float
             lock.check()
             done = group[f"{PROGRESS}/done"][:]
             todo = [b for b in ranks.own(len(done)) if not done[b]]
-            run_teacher_pass(model, group, attrs, records, todo, opts.batch_size, opts.workers, ranks.is_first)
+            blocks = BlockMap.of_store(group["ptr"][:], attrs)
+            run_teacher_pass(model, group, attrs, records, todo, opts.batch_size, opts.workers, ranks.is_first,
+                             Fetcher(*store_filesystem(opts.out)),
+                             lambda block: block_mask_rows(maker, records, blocks, block))
         ranks.barrier()
         if not ranks.is_first:
             return None

@@ -6,6 +6,7 @@ ones; a block's `done` flag is written after its rows.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -19,7 +20,9 @@ from ..store.attrs import StoreAttrs
 from ..store.codec import ValueCodec
 from ..store.format import FLAG_MAIN, MASK_DTYPE, PROGRESS
 from ..domain.grid import featmap_sizes
+from ..store.fetch import Fetcher
 from ..store.layout import BlockMap
+from ..store.shards import ChunkDamage, ShardedRows, read_shard_rows
 from ..store.statistics import rows_statistics
 from ..store.writer import writable
 from .fault import maybe_kill
@@ -80,11 +83,16 @@ class _BlockBuffer:
 
 def run_teacher_pass(model: torch.nn.Module, group: zarr.Group, attrs: StoreAttrs,
                      records: list[tuple[ImageEntry, View]], my_blocks: list[int], batch_size: int,
-                     workers: int, show_progress: bool) -> None:
-    """Forward this process's blocks of records through the teacher and write their logits."""
+                     workers: int, show_progress: bool, fetcher: Fetcher,
+                     remake_masks: Callable[[int], np.ndarray]) -> None:
+    """Forward this process's blocks of records through the teacher and write their logits.
+
+    A block's masks are read checked (`fetcher`): a damaged or lost masks shard of an unfinished
+    store is made again from the annotations (`remake_masks(block)`, MASK_DTYPE rows) and
+    rewritten, never read as zeros."""
     ptr = group["ptr"][:]
     blocks = BlockMap.of_store(ptr, attrs)
-    masks, logits = group["masks"], writable(group, "logits")
+    masks, logits = ShardedRows("masks", group["masks"]), writable(group, "logits")
     done, block_stats = (writable(group, f"{PROGRESS}/{name}") for name in ("done", "block_stats"))
     img_shapes, pad_shapes = group["img_shape"][:], group["pad_shape"][:]
     codec, block_size, strides = attrs.value_codec(), attrs.layout.block_size, attrs.head.strides
@@ -97,7 +105,14 @@ def run_teacher_pass(model: torch.nn.Module, group: zarr.Group, attrs: StoreAttr
 
     def open_block(block: int) -> _BlockBuffer:
         start, end = blocks.rows(block)
-        block_masks = np.ascontiguousarray(masks[start:end]).view(MASK_DTYPE).reshape(-1)
+        try:
+            block_masks = read_shard_rows(fetcher, masks, blocks.shard(block), end - start)
+            block_masks = np.ascontiguousarray(block_masks).view(MASK_DTYPE).reshape(-1)
+        except ChunkDamage as damage:
+            console.note(f"block {block}: its masks are damaged ({damage.problem}); computing them again "
+                         "from the annotations")
+            block_masks = remake_masks(block)
+            writable(group, "masks")[start:end] = block_masks.view(np.uint8).reshape(end - start, -1)
         return _BlockBuffer(block, start, block_masks,
                             np.zeros((end - start, codec.num_values), np.float32), len(with_rows[block]))
 

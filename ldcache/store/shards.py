@@ -111,3 +111,16 @@ class ShardedRows:
                 raise ChunkDamage("the shard object is truncated (it ends before the chunk)", chunk)
             parts.append(self.decode(memoryview(blob)[lo:lo + size], chunk))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def read_shard_rows(fetcher, rows: ShardedRows, shard: int, count: int) -> np.ndarray:
+    """The first `count` rows of a shard, through the shard's own index (before a dump finishes,
+    there is no copy in `shard_index`); ChunkDamage when the shard or one of those chunks is not
+    intact. A missing shard is damage, never fill values."""
+    blob = fetcher.objects([rows.shard_key(shard)])[0]
+    if blob is None:
+        raise ChunkDamage("the shard object is missing")
+    index = parse_index(blob[-index_nbytes(rows.chunks_per_shard):], rows.chunks_per_shard)
+    chunks = range(0, -(-count // rows.chunk_rows))
+    rows.chunk_span(index, chunks)
+    return rows.decode_span(blob, index, chunks, 0)[:count]

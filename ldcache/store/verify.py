@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import StoreError, StoreIOError
 from .damage import chunk_key, repair_command
 from .fetch import Fetcher
 from .filesystem import store_filesystem
@@ -91,6 +91,8 @@ def verify_store(path, threads: int = 8, progress: Callable[[int, int], None] | 
     fetcher = Fetcher(*store_filesystem(path))
     try:
         arrays = open_arrays(path, group)
+    except StoreIOError:
+        raise  # the storage did not answer: nothing is known about the layout
     except StoreError as err:
         report.layout.append(str(err))
         return report
