@@ -170,6 +170,9 @@ def test_resume_repairs_exactly_the_damaged_blocks_to_an_undamaged_dumps_arrays(
     assert code == 1
     assert [(b["block"], [c["array"] for c in b["chunks"]]) for b in report["damaged_blocks"]] == \
         [(2, ["logits"]), (9, ["masks"])]
+    assert [a["array"] for a in report["damaged_arrays"]] == ["shard_index"]
+    text = _ldcache("verify", store_copy)
+    assert text.returncode == 1 and "3 damaged chunk(s) in 2 block(s) of 24" in " ".join(text.stdout.split())
 
     resumed = run_dump_cli(dump_args(shapes_root, random_teacher, store_copy, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]

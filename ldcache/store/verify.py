@@ -62,9 +62,9 @@ class VerifyReport:
     def damaged_blocks(self) -> dict[int, list[Damage]]:
         """{block: its damage}, in block order."""
         found = {}
-        for damage in sorted(self.damage, key=lambda d: (d.block, d.array, d.chunk)):
-            if damage.block is not None:
-                found.setdefault(damage.block, []).append(damage)
+        of_blocks = [d for d in self.damage if d.block is not None]
+        for damage in sorted(of_blocks, key=lambda d: (d.block, d.array, d.chunk)):
+            found.setdefault(damage.block, []).append(damage)
         return found
 
     def to_dict(self) -> dict:
