@@ -102,7 +102,9 @@ def test_errors_are_one_line(shapes_store, tmp_path):
     shutil.copytree(shapes_store, future)
     zarr.open_group(str(future), mode="r+").attrs["ldcache_format"] = 99
     result = _inspect(future)
-    assert result.returncode == 2 and "format version 99" in result.stderr
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "format version 99" in said
+    assert "Dump it again with this version of ldcache: `ldcache dump-teacher" in said and "--out NEW_STORE" in said
     result = _inspect(tmp_path / "nowhere")
     assert result.returncode == 2 and "does not exist" in result.stderr
 

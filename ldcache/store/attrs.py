@@ -95,6 +95,17 @@ def _plain(value):
     return value
 
 
+def _redump_command(data) -> str:
+    """The dump command that makes a store of this format again, from an older store's attributes
+    as far as they name its inputs (every version so far has these fields)."""
+    try:
+        teacher, dataset = data["teacher"], data["dataset"]
+        return (f"`ldcache dump-teacher {teacher['config']} {teacher['checkpoint']} --ann-file {dataset['ann_file']} "
+                f"--img-dir {dataset['img_dir']} --out NEW_STORE` with the old dump's other options")
+    except (KeyError, TypeError):
+        return "`ldcache dump-teacher TEACHER_CONFIG CHECKPOINT --ann-file ... --img-dir ... --out NEW_STORE`"
+
+
 def _one_of(value, choices, where: str) -> None:
     _require(value in choices, where, f"must be one of {list(choices)}, not {value!r}")
 
@@ -277,7 +288,7 @@ class StoreAttrs(_Model):
         version = data.get("ldcache_format") if isinstance(data, dict) else None
         if version != FORMAT_VERSION:
             raise StoreFormatError(f"store format version {version}; this ldcache reads version {FORMAT_VERSION}. "
-                                   "Re-run dump-teacher with this version of ldcache.")
+                                   f"Dump it again with this version of ldcache: {_redump_command(data)}")
         return super().from_dict(data, path)
 
     def value_codec(self) -> ValueCodec:
