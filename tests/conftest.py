@@ -213,6 +213,21 @@ def synthetic_store(path, counts, num_classes: int = 3, chunk_rows: int = 512, b
     return path, masks, values
 
 
+@contextmanager
+def environ(env: dict[str, str]):
+    """os.environ with `env` set (subprocesses inherit it), restored afterwards."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_tables(tmp_path_factory) -> Path:
     """Readers' local copies of the test stores' small arrays in the session's temporary folder,

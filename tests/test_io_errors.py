@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import BIN, dump_args, run_dump_cli
+from conftest import BIN, dump_args, environ, run_dump_cli
 
 pytestmark = pytest.mark.slow
 
@@ -90,19 +90,13 @@ def s3(shapes_store):
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}", "AWS_DEFAULT_REGION": "us-east-1",
            # One attempt per request in botocore: the retries under test are ldcache's own.
            "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
     try:
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        url = f"s3://{BUCKET}/teacher.zarr"
-        s3fs.S3FileSystem(skip_instance_cache=True).put(str(shapes_store), url, recursive=True)
-        yield proxy, env, url
+        with environ(env):
+            boto3.client("s3").create_bucket(Bucket=BUCKET)
+            url = f"s3://{BUCKET}/teacher.zarr"
+            s3fs.S3FileSystem(skip_instance_cache=True).put(str(shapes_store), url, recursive=True)
+            yield proxy, env, url
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         proxy.close()
         server.stop()
 

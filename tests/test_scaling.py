@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import (BIN, TORCHRUN, assert_same_arrays, dump_args, loaded_targets, rendezvous_endpoint,
+from conftest import (BIN, TORCHRUN, assert_same_arrays, dump_args, environ, loaded_targets, rendezvous_endpoint,
                       run_dump_cli, store_arrays, unreachable_port)
 
 pytestmark = pytest.mark.slow
@@ -32,17 +32,11 @@ def s3_env():
     host, port = server.get_host_and_port()
     env = {"AWS_ACCESS_KEY_ID": "ldcache-test-key", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
            "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
     try:
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield env
+        with environ(env):
+            boto3.client("s3").create_bucket(Bucket=BUCKET)
+            yield env
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         server.stop()
 
 

@@ -92,12 +92,17 @@ def create_store(path: str | Path, attrs: StoreAttrs, ptr: np.ndarray, total_row
 
 def open_progress(group: zarr.Group, done: np.ndarray, block_stats: np.ndarray) -> None:
     """The dump's bookkeeping, one object per block so that each block's writer owns its own: its
-    done flag (written after its rows) and its statistics. Removed once the store is complete."""
+    done flag (written after its rows) and its statistics. Only the blocks already done get
+    objects here (a repair's); an absent one reads as 0, not done. Removed once the store is
+    complete."""
     progress = group.require_group(PROGRESS)
-    progress.create_array("done", data=done, chunks=(1,), overwrite=True, compressors=checksummed(ZstdCodec()),
-                          config={"write_empty_chunks": True})
-    progress.create_array("block_stats", data=block_stats, chunks=(1, *block_stats.shape[1:]), overwrite=True,
-                          compressors=checksummed(ZstdCodec()), config={"write_empty_chunks": True})
+    for name, values in (("done", done), ("block_stats", block_stats)):
+        progress.create_array(name, shape=values.shape, dtype=values.dtype, chunks=(1, *values.shape[1:]),
+                              fill_value=0, overwrite=True, compressors=checksummed(ZstdCodec()))
+    finished = np.nonzero(done)[0]
+    if len(finished):
+        progress["block_stats"].oindex[finished] = block_stats[finished]
+        progress["done"].oindex[finished] = done[finished]
 
 
 def read_shard_indexes(fetcher: Fetcher, rows: ShardedRows, shards: list[int], batch: int = 256) -> np.ndarray:
