@@ -11,6 +11,7 @@ import numpy as np
 from .format import REGION_FLAGS
 
 ENTROPY_BINS = 40
+STATS_CHUNK_ROWS = 2048  # rows whose entropies are computed at a time (see _mean_edge_entropy)
 
 
 def edge_entropy(reg_logits: np.ndarray, tau: float = 1.0) -> np.ndarray:
@@ -18,11 +19,13 @@ def edge_entropy(reg_logits: np.ndarray, tau: float = 1.0) -> np.ndarray:
 
     H = log(sum e^z) - sum(e^z z) / sum e^z with z shifted by its max: one exp per bin and one log
     per edge (the dump computes it for every row it writes)."""
-    z = reg_logits.astype(np.float32) / np.float32(tau)
+    z = reg_logits.astype(np.float32)
+    if tau != 1:  # dividing by 1 changes no value
+        z /= np.float32(tau)
     z -= z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     total = e.sum(axis=-1)
-    return np.log(total) - (e * z).sum(axis=-1) / total
+    return np.log(total) - np.multiply(e, z, out=z).sum(axis=-1) / total
 
 
 def entropy_bin_edges(bins: int) -> np.ndarray:
@@ -49,7 +52,7 @@ def partial_statistics(flags: np.ndarray, values: np.ndarray, levels: np.ndarray
     """[L, stats_width()] sums over some rows: flags [R], decoded values [R, 4 * bins + C] and the
     level of each row [R] (-1: not a row). Partial sums of disjoint rows add up."""
     edges = entropy_bin_edges(bins)
-    entropy = edge_entropy(values[:, :4 * bins].reshape(len(values), 4, bins)).mean(axis=1, dtype=np.float64)
+    entropy = _mean_edge_entropy(values, bins)
     out = np.zeros((num_levels, stats_width()))
     for level in range(num_levels):
         sel = levels == level
@@ -57,6 +60,18 @@ def partial_statistics(flags: np.ndarray, values: np.ndarray, levels: np.ndarray
         out[level, ENTROPY_BINS:ENTROPY_BINS + 2] = entropy[sel].sum(), sel.sum()
         out[level, ENTROPY_BINS + 2:] = [(flags[sel] & bit > 0).sum() for bit in REGION_FLAGS.values()]
     return out
+
+
+def _mean_edge_entropy(values: np.ndarray, bins: int) -> np.ndarray:
+    """[R] float64: the mean entropy of each row's 4 edges, from decoded values [R, 4 * bins + C].
+
+    A few thousand rows at a time, so that the temporaries stay in the CPU's cache: a whole block
+    at once (100k rows and more) took twice as long per row (measured)."""
+    entropy = np.empty(len(values))
+    for start in range(0, len(values), STATS_CHUNK_ROWS):
+        part = values[start:start + STATS_CHUNK_ROWS, :4 * bins].reshape(-1, 4, bins)
+        entropy[start:start + len(part)] = edge_entropy(part).mean(axis=1, dtype=np.float64)
+    return entropy
 
 
 def rows_statistics(flags: np.ndarray, values: np.ndarray, ptr: np.ndarray, start: int, bins: int) -> np.ndarray:

@@ -3,8 +3,8 @@
 The layout comes first (array shapes, chunk and shard shapes and codecs against the attributes;
 row pointers monotone, inside the row arrays, each block on a shard boundary): without it, no
 chunk can be placed. Then the one-object arrays are fetched and checked (present, CRC32C, zstd
-decode of the right size), and every block's shard of `masks` and of `logits` is fetched, in
-batches on a thread pool: its index (CRC32C, and equal to the copy in `shard_index`) and every
+decode of the right size), and every block's shards of `masks` and `logits` are fetched, a block
+per task on a thread pool: their index (CRC32C, and equal to the copy in `shard_index`) and every
 inner chunk under the block's rows (present, CRC32C, Blosc decode of the chunk's size). A chunk
 under a finished block's rows is always written, so a missing one is damage, never zeros.
 
@@ -15,6 +15,7 @@ Nothing here prints: the caller renders the report and any progress.
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -30,7 +31,8 @@ from .layout_check import ONE_OBJECT_ARRAYS, array_problems, ptr_problems
 from .reader import CheckedArrays, describe_chunk, open_arrays, open_store
 from .shards import EMPTY, ROW_ARRAYS, ChunkDamage, ShardedRows, index_nbytes, parse_index
 
-SHARDS_PER_REQUEST = 8  # shards are large (a block's rows): a few per batched request
+# A task fetches one block's two shards (tens of MB each at COCO's size): the memory verify needs
+# is `threads` blocks, whatever the store's size.
 
 
 @dataclass(frozen=True)
@@ -127,27 +129,32 @@ def _one_object_arrays(arrays: CheckedArrays) -> tuple[dict[str, np.ndarray], li
 
 def _check_blocks(fetcher: Fetcher, rows: list[ShardedRows], blocks: BlockMap, index: np.ndarray | None,
                   threads: int, progress) -> list[tuple[int, list[Damage]]]:
-    """(inner chunks checked, damage) per batch of blocks with rows."""
+    """(inner chunks checked, damage) per block with rows."""
     todo = blocks.blocks_with_rows()
-    batches = [todo[i:i + SHARDS_PER_REQUEST] for i in range(0, len(todo), SHARDS_PER_REQUEST)]
 
-    def check(batch: list[int]) -> tuple[int, list[Damage]]:
-        keys = [r.shard_key(blocks.shard(b)) for r in rows for b in batch]
-        blobs = iter(fetcher.objects(keys))
-        checked, found = 0, []
-        for a, r in enumerate(rows):
-            for block in batch:
-                copy = index[a, blocks.shard(block)] if index is not None else None
-                checked += len(blocks.chunks(block))
-                found += _shard_damage(r, next(blobs), blocks, block, copy)
-        return checked, found
+    def check(block: int) -> tuple[int, list[Damage]]:
+        shard = blocks.shard(block)
+        blobs = fetcher.objects([r.shard_key(shard) for r in rows])
+        found = []
+        for a, (r, blob) in enumerate(zip(rows, blobs)):
+            found += _shard_damage(r, blob, blocks, block, index[a, shard] if index is not None else None)
+        return len(rows) * len(blocks.chunks(block)), found
 
     results = []
     with ThreadPoolExecutor(threads) as pool:
-        for batch, result in zip(batches, pool.map(check, batches)):
-            results.append(result)
+        # Submitted a window at a time: pool.map would hold every finished block's result at once
+        # and run ahead of the consumer; here at most 2 * threads blocks are in flight.
+        pending = deque()
+        for block in todo:
+            pending.append(pool.submit(check, block))
+            if len(pending) >= 2 * threads:
+                results.append(pending.popleft().result())
+                if progress:
+                    progress(len(results), len(todo))
+        while pending:
+            results.append(pending.popleft().result())
             if progress:
-                progress(sum(len(b) for b in batches[:len(results)]), len(todo))
+                progress(len(results), len(todo))
     return results
 
 

@@ -1,0 +1,28 @@
+"""The benchmarks that are run only now and then still run: tiny versions of them."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_coco_scale_bench_smoke(tmp_path):
+    out = tmp_path / "figures.json"
+    result = subprocess.run([sys.executable, str(REPO / "bench/coco_scale_bench.py"), "--smoke",
+                             "--workdir", str(tmp_path / "work"), "--json", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["variants"]) == {"fp16 defaults", "q8 official LD"}
+    for variant in report["variants"].values():
+        big, s3 = variant["big"], variant["s3_small"]
+        assert big["image_views"] == 48 and variant["small"]["image_views"] == 16
+        assert big["objects"] > 0 and big["bytes_per_image_view"] > 0 and big["open_files"] > 0
+        assert big["read_ms_per_record"] > 0 and s3["requests_per_record"] > 0 and s3["open_requests"] > 0
+    figures = {row["figure"] for row in report["table"]}
+    assert {"objects (files) in the store", "inspect --stats seconds",
+            "dump CPU ms per image-view"} <= figures
+    assert "| figure | variant |" in result.stdout
