@@ -116,26 +116,14 @@ def _refused_then_resumed(shapes_root, random_teacher, out, reference_store) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at,blocks_done", [("pass2:1", 1), ("pass2:5", 5)])
-def test_a_dump_killed_after_block_k_of_pass_2_resumes_to_identical_arrays(reference_store, shapes_root,
-                                                                           random_teacher, tmp_path, kill_at,
-                                                                           blocks_done):
-    out = tmp_path / "killed"
-    killed = _killed_dump(shapes_root, random_teacher, out, kill_at)
-    assert killed.returncode == -signal.SIGKILL
-    assert _blocks_done(out) == blocks_done, "killed right after the chosen block"
-    _refused_then_resumed(shapes_root, random_teacher, out, reference_store)
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("kill_at,blocks_done", [
-    ("write:logits:2", 1),  # block 1's logits shard is being written; block 0 is done
+    ("pass2:1", 1),  # between blocks: right after the chosen block
+    ("pass2:5", 5),
+    ("write:logits:2", 1),  # inside a block: block 1's logits shard is being written; block 0 is done
     ("write:progress/done:3", 2),  # block 2's logits and statistics are written, its done flag is not
 ])
-def test_a_dump_killed_inside_a_block_of_pass_2_resumes_to_identical_arrays(reference_store, shapes_root,
-                                                                            random_teacher, tmp_path, kill_at,
-                                                                            blocks_done):
-    """The moments between one block's end and the next's (above) and inside a block's write."""
+def test_a_dump_killed_in_pass_2_resumes_to_identical_arrays(reference_store, shapes_root, random_teacher,
+                                                             tmp_path, kill_at, blocks_done):
     out = tmp_path / "killed"
     killed = _killed_dump(shapes_root, random_teacher, out, kill_at)
     assert killed.returncode == -signal.SIGKILL
