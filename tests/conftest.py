@@ -214,13 +214,19 @@ def synthetic_store(path, counts, num_classes: int = 3, chunk_rows: int = 512, b
 
 
 @contextmanager
-def environ(env: dict[str, str]):
-    """os.environ with `env` set (subprocesses inherit it), restored afterwards."""
+def s3_environ(env: dict[str, str]):
+    """os.environ with an S3 server's `env` set (subprocesses inherit it), restored afterwards.
+    fsspec keeps one filesystem per set of arguments, endpoint not included: the filesystems made
+    for another server are dropped on the way in and out."""
+    import s3fs
+
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
         yield
     finally:
+        s3fs.S3FileSystem.clear_instance_cache()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

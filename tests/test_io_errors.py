@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import BIN, dump_args, environ, run_dump_cli
+from conftest import BIN, dump_args, run_dump_cli, s3_environ
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,7 @@ def s3(shapes_store):
            # One attempt per request in botocore: the retries under test are ldcache's own.
            "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"}
     try:
-        with environ(env):
+        with s3_environ(env):
             boto3.client("s3").create_bucket(Bucket=BUCKET)
             url = f"s3://{BUCKET}/teacher.zarr"
             s3fs.S3FileSystem(skip_instance_cache=True).put(str(shapes_store), url, recursive=True)

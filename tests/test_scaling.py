@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import (BIN, TORCHRUN, assert_same_arrays, dump_args, environ, loaded_targets, rendezvous_endpoint,
+from conftest import (BIN, TORCHRUN, assert_same_arrays, dump_args, loaded_targets, rendezvous_endpoint, s3_environ,
                       run_dump_cli, store_arrays, unreachable_port)
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def s3_env():
     env = {"AWS_ACCESS_KEY_ID": "ldcache-test-key", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
            "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
     try:
-        with environ(env):
+        with s3_environ(env):
             boto3.client("s3").create_bucket(Bucket=BUCKET)
             yield env
     finally:
