@@ -2,8 +2,6 @@
 command that repairs it (docs/store-format.md, "Checksums and verify")."""
 from __future__ import annotations
 
-import itertools
-
 import google_crc32c
 
 from ..errors import StoreCorruptError
@@ -39,11 +37,6 @@ def corrupt_error(store, attrs: StoreAttrs, array: str, chunk: str, where: str, 
     return StoreCorruptError(
         f"{store}: array '{array}', chunk {chunk} ({where}), is damaged: {problem}. Repair it with "
         f"{repair_command(store, attrs)}; `ldcache verify {store}` lists all damage.")
-
-
-def chunk_grid(array) -> list[tuple[int, ...]]:
-    """The coordinates of every chunk of a zarr array, in order."""
-    return list(itertools.product(*(range(-(-size // chunk)) for size, chunk in zip(array.shape, array.chunks))))
 
 
 def chunk_key(array, coords: tuple[int, ...]) -> str:
