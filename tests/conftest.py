@@ -170,10 +170,10 @@ def synthetic_store(path, counts, num_classes: int = 3, chunk_rows: int = 512, b
     every row's MASK_DTYPE entry and stored values."""
     import dataclasses
 
-    from ldcache.store.attrs import DumpSummary, StoreStatistics
+    from ldcache.store.attrs import DumpSummary
     from ldcache.store.format import MASK_DTYPE, PROGRESS
     from ldcache.store.layout import BlockMap, block_row_starts
-    from ldcache.store.statistics import statistics_from_sums, stats_width
+    from ldcache.store.statistics import rows_statistics
     from ldcache.store.writer import create_store, finish_store, writable
 
     rng = np.random.default_rng(seed)
@@ -196,20 +196,17 @@ def synthetic_store(path, counts, num_classes: int = 3, chunk_rows: int = 512, b
     masks["flags"] = rng.integers(1, 8, rows)
     masks["loc"] = rng.integers(0, 1600, rows)
     values = codec.decode(codec.encode(rng.normal(0, 3, (rows, codec.num_values)).astype(np.float32)))
-    done = writable(group, f"{PROGRESS}/done")
+    done, block_stats = (writable(group, f"{PROGRESS}/{name}") for name in ("done", "block_stats"))
     for block in range(blocks.num_blocks):
         start, end = blocks.rows(block)
-        if end > start:
+        if end > start:  # as pass 2 writes a block: rows, statistics, done flag
             writable(group, "masks")[start:end] = masks[start:end].view(np.uint8).reshape(end - start, -1)
             writable(group, "logits")[start:end] = codec.encode(values[start:end])
+            block_stats[block] = rows_statistics(masks["flags"][start:end], values[start:end], ptr, start, codec.bins)
         done[block] = 1
-    levels = counts.sum(axis=0)
-    summary = DumpSummary(records, 1, records, 0, 0, 0, tuple(int(n) for n in levels), 0, 0.0, 0, 0.0, 0.0,
-                          f"synthetic-{seed}")
-    sums = np.zeros((counts.shape[1], stats_width()))
-    sums[:, -4] = levels  # row counts only: enough for a reader
-    statistics = StoreStatistics.from_dict(statistics_from_sums(sums, codec.bins))
-    finish_store(path, group, attrs, blocks, summary, statistics)
+    summary = DumpSummary(records, 1, records, 0, 0, 0, tuple(int(n) for n in counts.sum(axis=0)), 0, 0.0, 0, 0.0,
+                          0.0, f"synthetic-{seed}")
+    finish_store(path, group, attrs, blocks, summary)
     return path, masks, values
 
 

@@ -19,7 +19,7 @@ from ..store.attrs import StoreAttrs
 from ..store.filesystem import store_filesystem
 from ..store.format import MASK_DTYPE, STATUS_MASKS
 from ..store.layout import BlockMap, block_row_starts
-from ..store.writer import create_store, writable, write_status
+from ..store.writer import create_store, write_masks, write_status
 from .fault import kill_point, maybe_kill
 from .ranks import Ranks
 from ..domain.rows import RegionRowMaker
@@ -84,8 +84,7 @@ def _write_block_masks(staging: str, block: int, store: str, start: int, end: in
                                f"the layout ({end - start} rows); delete {store} and dump again")
     if len(rows):
         # Opened here, not passed in: on a dask.distributed cluster this runs in another process.
-        masks = writable(zarr.open_group(store, mode="r+"), "masks")
-        masks[start:end] = rows.view(np.uint8).reshape(len(rows), MASK_DTYPE.itemsize)
+        write_masks(zarr.open_group(store, mode="r+"), start, rows)
 
 
 def run_regions_pass(maker: RegionRowMaker, records: list[tuple[ImageEntry, View]], out: str | Path,

@@ -23,7 +23,7 @@ from ..store.reader import open_store
 from ..store.shards import ROW_ARRAYS, ShardedRows
 from ..store.statistics import rows_statistics
 from ..store.verify import VerifyReport, verify_store
-from ..store.writer import open_progress, writable, write_status
+from ..store.writer import open_progress, writable, write_masks, write_status
 from .regions_pass import block_mask_rows
 
 def repair_damaged_blocks(out, maker: RegionRowMaker, records: list, small_arrays: dict) -> list[int]:
@@ -48,7 +48,7 @@ def repair_damaged_blocks(out, maker: RegionRowMaker, records: list, small_array
         writable(group, name)[...] = small_arrays[name]
     for block, damages in blocks.items():
         if any(d.array == "masks" for d in damages):
-            _rewrite_masks(group, report, block, maker, records)
+            write_masks(group, report.blocks.rows(block)[0], block_mask_rows(maker, records, report.blocks, block))
     done = np.ones(report.blocks.num_blocks, np.uint8)
     done[list(blocks)] = 0
     stats = (_recomputed_block_stats(group, attrs, report.blocks, set(blocks)) if "block_stats" in damaged_arrays
@@ -70,14 +70,6 @@ def _remove_damaged_shards(out, group: zarr.Group, report: VerifyReport, blocks:
             path = f"{root}/{rows[name].shard_key(report.blocks.shard(block))}"
             if fs.exists(path):
                 fs.rm(path)
-
-
-def _rewrite_masks(group: zarr.Group, report: VerifyReport, block: int, maker: RegionRowMaker,
-                   records: list) -> None:
-    """A block's masks computed again from the annotations, as pass 1 wrote them."""
-    start, end = report.blocks.rows(block)
-    rows = block_mask_rows(maker, records, report.blocks, block)
-    writable(group, "masks")[start:end] = rows.view(np.uint8).reshape(len(rows), MASK_DTYPE.itemsize)
 
 
 def _recomputed_block_stats(group: zarr.Group, attrs, blocks: BlockMap, redone: set[int]) -> np.ndarray:

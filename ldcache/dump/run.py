@@ -23,20 +23,22 @@ import torch
 
 from .. import console
 from ..digest import file_sha256
+from ..domain.grid import featmap_sizes
+from ..domain.rows import RegionRowMaker
+from ..domain.teacher import assigner_topk, build_teacher, config_classes, load_config
+from ..domain.views import PAD_DIVISOR, View, view_geometry
 from ..errors import BadInputError, LDCacheError, StoreIncompleteError, StoreMismatchError
 from ..store.attrs import (DatasetAttrs, DumpSummary, GridAttrs, HeadGeometry, LayoutAttrs, RegionAttrs,
-                           StoreAttrs, StoreStatistics, TeacherAttrs, ValuesAttrs, ViewAttrs)
+                           StoreAttrs, TeacherAttrs, ValuesAttrs, ViewAttrs)
 from ..store.codec import VALUE_CODECS
+from ..store.damage import repair_command
 from ..store.fetch import Fetcher
 from ..store.filesystem import store_bytes_on_disk, store_exists, store_filesystem
 from ..store.format import (FLIP_DIRECTIONS, FORMAT_VERSION, PROGRESS, REGION_MODES, STATUS_COMPLETE,
                             STATUS_CREATED, VLR_METRICS)
-from ..domain.grid import featmap_sizes
-from ..store.reader import open_store
-from ..store.statistics import statistics_from_sums
 from ..store.layout import BlockMap
+from ..store.reader import open_store
 from ..store.writer import finish_store, remove_progress
-from ..domain.rows import RegionRowMaker
 from .fault import arm_write_kill
 from .lock import StoreLock
 from .ranks import Ranks
@@ -44,9 +46,7 @@ from .regions_pass import block_mask_rows, run_regions_pass
 from .repair import repair_damaged_blocks
 from .scan import DatasetScan, scan_dataset
 from .space import check_room_for_pass_two, disk_full_as_error, pass_two_bytes
-from ..domain.teacher import assigner_topk, build_teacher, config_classes, load_config
 from .teacher_pass import run_teacher_pass
-from ..domain.views import PAD_DIVISOR, View, view_geometry
 
 
 @dataclass
@@ -153,7 +153,7 @@ def _run_locked(opts: DumpOptions, ranks: Ranks, lock: StoreLock, started: float
 
     attrs = _new_attrs(opts, hashes, scan, geometry, topk)
     small_arrays = _small_arrays(scan, records)
-    resume = _resume_command(opts)
+    resume = repair_command(opts.out, attrs)
     with disk_full_as_error(opts.out, lambda: _logits_left_to_write(opts.out), resume):
         # Every process reads the same store state here, before pass 1 writes anything: they agree.
         if _needs_regions_pass(opts, attrs, ranks):
@@ -172,7 +172,7 @@ def _run_locked(opts: DumpOptions, ranks: Ranks, lock: StoreLock, started: float
             lock.check()
             done = group[f"{PROGRESS}/done"][:]
             todo = [b for b in ranks.own(len(done)) if not done[b]]
-            blocks = BlockMap.of_store(group["ptr"][:], attrs)
+            blocks = BlockMap.of_store(group["ptr"][:], attrs)  # the finish below uses it too
             run_teacher_pass(model, group, attrs, records, todo, opts.batch_size, opts.workers, ranks.is_first,
                              Fetcher(*store_filesystem(opts.out)),
                              lambda block: block_mask_rows(maker, records, blocks, block))
@@ -185,16 +185,8 @@ def _run_locked(opts: DumpOptions, ranks: Ranks, lock: StoreLock, started: float
             raise StoreIncompleteError(f"{opts.out}: some blocks were not written; re-run with --resume")
         lock.check()
         summary = _summary(group, attrs, scan, opts, time.perf_counter() - started)
-        sums = group[f"{PROGRESS}/block_stats"][:].sum(axis=0)
-        statistics = StoreStatistics.from_dict(statistics_from_sums(sums, attrs.head.reg_max + 1))
-        finish_store(opts.out, group, attrs, BlockMap.of_store(group["ptr"][:], attrs), summary, statistics)
+        finish_store(opts.out, group, attrs, blocks, summary)
     return summary
-
-
-def _resume_command(opts: DumpOptions) -> str:
-    """The command that goes on with this dump, as it tells the user."""
-    return (f"`ldcache dump-teacher {opts.teacher_config} {opts.checkpoint} --ann-file {opts.ann_file} "
-            f"--img-dir {opts.img_dir} --out {opts.out} --resume` with this dump's other options")
 
 
 def _logits_left_to_write(out: str | Path) -> int | None:

@@ -24,7 +24,7 @@ from ..store.fetch import Fetcher
 from ..store.layout import BlockMap
 from ..store.shards import ChunkDamage, ShardedRows, read_shard_rows
 from ..store.statistics import rows_statistics
-from ..store.writer import writable
+from ..store.writer import writable, write_masks
 from .fault import maybe_kill
 from ..domain.rows import gather_logits
 from .scan import ImageEntry
@@ -112,7 +112,7 @@ def run_teacher_pass(model: torch.nn.Module, group: zarr.Group, attrs: StoreAttr
             console.note(f"block {block}: its masks are damaged ({damage.problem}); computing them again "
                          "from the annotations")
             block_masks = remake_masks(block)
-            writable(group, "masks")[start:end] = block_masks.view(np.uint8).reshape(end - start, -1)
+            write_masks(group, start, block_masks)
         return _BlockBuffer(block, start, block_masks,
                             np.zeros((end - start, codec.num_values), np.float32), len(with_rows[block]))
 

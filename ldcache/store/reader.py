@@ -126,11 +126,8 @@ class StoreReader:
             raise StoreFormatError(f"{path}: {problems[0]}; `ldcache verify {path}` says more")
         self.fetcher = Fetcher(*store_filesystem(path))
         self.arrays = CheckedArrays(path, self.attrs, arrays, self.fetcher)
-        self.tables = load_tables(str(path), self.attrs, self.arrays.read_many)
+        self.tables = load_tables(str(path), self.attrs, lambda names: self._checked_tables(names, arrays))
         self.ptr, self.image_ids = self.tables["ptr"], self.tables["image_ids"]
-        problems = ptr_problems(self.ptr, self.attrs, arrays["masks"].shape[0])
-        if problems:
-            raise StoreFormatError(f"{path}: {problems[0]}; `ldcache verify {path}` says more")
         self.blocks = BlockMap.of_store(self.ptr, self.attrs, self.image_ids)
         self.num_views = len(self.attrs.views)
         self.img_shape, self.pad_shape = self.tables["img_shape"], self.tables["pad_shape"]
@@ -139,6 +136,15 @@ class StoreReader:
         self.codec = self.attrs.value_codec()
         self.strides = self.attrs.head.strides
         self.num_classes = self.attrs.head.num_classes
+
+    def _checked_tables(self, names: list[str], arrays: dict[str, zarr.Array]) -> dict[str, np.ndarray]:
+        """The small arrays read from the store, their row pointers checked against the layout:
+        once per machine and completion (the tables are kept), not at every worker's start."""
+        values = self.arrays.read_many(names)
+        problems = ptr_problems(values["ptr"], self.attrs, arrays["masks"].shape[0])
+        if problems:
+            raise StoreFormatError(f"{self.path}: {problems[0]}; `ldcache verify {self.path}` says more")
+        return values
 
     @property
     def num_records(self) -> int:

@@ -22,14 +22,14 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from ..errors import StoreCorruptError
-from .attrs import StoreAttrs
+from .attrs import StoreAttrs, StoreStatistics
 from .codec import ValueCodec
 from .fetch import Fetcher
 from .filesystem import store_filesystem
 from .format import MASK_DTYPE, PROGRESS, STATUS_COMPLETE, STATUS_CREATED
 from .layout import BlockMap, num_blocks
 from .shards import ROW_ARRAYS, ChunkDamage, ShardedRows, index_nbytes, parse_index
-from .statistics import stats_width
+from .statistics import statistics_from_sums, stats_width
 
 
 def blosc(typesize: int, shuffle: BloscShuffle = BloscShuffle.shuffle, clevel: int = 3,
@@ -70,6 +70,11 @@ def writable(group: zarr.Group, name: str) -> zarr.Array:
     """An array of the store to write to: chunks that hold only zeros are written too (zarr skips
     them by default), so that every chunk under a block's rows exists once the block is done."""
     return group[name].with_config({"write_empty_chunks": True})
+
+
+def write_masks(group: zarr.Group, start: int, rows: np.ndarray) -> None:
+    """A block's MASK_DTYPE rows into `masks`, from its first row `start`."""
+    writable(group, "masks")[start:start + len(rows)] = rows.view(np.uint8).reshape(len(rows), MASK_DTYPE.itemsize)
 
 
 def _one_chunk(group: zarr.Group, name: str, values: np.ndarray) -> None:
@@ -132,21 +137,21 @@ def read_shard_indexes(fetcher: Fetcher, rows: ShardedRows, shards: list[int], b
     return out
 
 
-def finish_store(path: str | Path, group: zarr.Group, attrs: StoreAttrs, blocks: BlockMap, summary,
-                 statistics) -> StoreAttrs:
+def finish_store(path: str | Path, group: zarr.Group, attrs: StoreAttrs, blocks: BlockMap, summary) -> StoreAttrs:
     """Consolidate a store whose every block is done, then mark it complete.
 
-    The per-block statistics become one object, the index of every shard of `masks` and `logits`
-    is copied into `shard_index` (readers find a record's bytes without reading a shard's index),
-    the status becomes 'complete' with the summary and statistics, and the per-block bookkeeping
-    is removed: a finished store holds two objects per block and a constant number besides."""
-    progress = group[PROGRESS]
-    _one_chunk(group, "block_stats", progress["block_stats"][:])
-    fs, root = store_filesystem(path)
-    fetcher = Fetcher(fs, root)
+    The per-block statistics become one object and their sum the `statistics` attribute, the
+    index of every shard of `masks` and `logits` is copied into `shard_index` (readers find a
+    record's bytes without reading a shard's index), the status becomes 'complete' with the
+    summary, and the per-block bookkeeping is removed: a finished store holds two objects per
+    block and a constant number besides."""
+    block_stats = group[PROGRESS]["block_stats"][:]
+    _one_chunk(group, "block_stats", block_stats)
+    statistics = StoreStatistics.from_dict(statistics_from_sums(block_stats.sum(axis=0), attrs.head.reg_max + 1))
+    fetcher = Fetcher(*store_filesystem(path))
     shards = [blocks.shard(b) for b in blocks.blocks_with_rows()]
-    index = np.stack([read_shard_indexes(fetcher, ShardedRows(name, group[name]), shards) for name in ROW_ARRAYS])
-    _one_chunk(group, "shard_index", index.reshape(len(ROW_ARRAYS), len(shards), blocks.chunks_per_shard, 2))
+    _one_chunk(group, "shard_index", np.stack([read_shard_indexes(fetcher, ShardedRows(name, group[name]), shards)
+                                               for name in ROW_ARRAYS]))
     attrs = write_status(group, attrs, STATUS_COMPLETE, summary=summary, statistics=statistics)
     remove_progress(path)
     return attrs
