@@ -1,7 +1,7 @@
 """A finished store's small arrays for its readers: read once per machine, then memory-mapped.
 
 Every DataLoader worker of every rank opens its own reader. Each needs the row pointers, the
-per-record geometry and the shard index (about 50 MB at COCO's size), which would otherwise be
+per-record geometry and the shard index (about 75 MB at COCO's size, estimated from their shapes), which would otherwise be
 read, decoded and held once per worker (64 copies on an 8-GPU node with 8 workers each). The
 first reader on a machine writes them as .npy files under `$LDCACHE_HOME/tables/`, keyed by the
 store's location and its `summary.completion_id` (new at every completion, a repair's too); every
