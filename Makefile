@@ -9,7 +9,6 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/ldcache --help
 	.venv/bin/ldcache demo
 
 # pytest exits 5 when a selection collects no test: that is not a failure of the suite.

@@ -193,7 +193,8 @@ def main() -> None:
     args = parser.parse_args()
     variants = {name: VARIANTS[name] for name in VARIANTS if name == "default" or name in args.variants}
 
-    from ldcache.domain.teacher import build_teacher, load_config
+    from ldcache.domain.ld_config import load_config
+    from ldcache.domain.teacher import build_teacher
     from ldcache.store.reader import StoreReader
     from ldcache.domain.views import parse_views
     from ldcache.dump.run import DumpOptions, run_dump

@@ -218,7 +218,8 @@ def measure_stages(work: Path, images: int, variant: str, store: Path) -> dict:
     from ldcache.domain.grid import featmap_sizes
     from ldcache.domain.regions import compute_regions
     from ldcache.domain.rows import RegionRowMaker, gather_logits
-    from ldcache.domain.teacher import assigner_topk, build_teacher, config_classes, load_config
+    from ldcache.domain.ld_config import load_config, train_classes
+    from ldcache.domain.teacher import assigner_topk, build_teacher
     from ldcache.domain.views import boxes_in_view, parse_views, view_geometry
     from ldcache.dump.scan import scan_dataset
     from ldcache.dump.teacher_pass import ViewDataset, _collate
@@ -229,7 +230,7 @@ def measure_stages(work: Path, images: int, variant: str, store: Path) -> dict:
     model = build_teacher(cfg, work / "teacher.pth", "cpu")
     head, fields = model.bbox_head, VARIANTS[variant]
     strides = [int(s[0]) for s in head.prior_generator.strides]
-    scan = scan_dataset(work / f"data/instances-{images}.json", work / "data/images", config_classes(cfg))
+    scan = scan_dataset(work / f"data/instances-{images}.json", work / "data/images", train_classes(cfg))
     records = [(e, v) for e in scan.images for v in parse_views([(1333, 800)], flip=True)]
     maker = RegionRowMaker(head.prior_generator, strides, "distill", 0.25, assigner_topk(cfg),
                            tuple(fields.get("vlr_metrics", ("official", "diou"))))

@@ -173,7 +173,8 @@ def main() -> None:
 
     import ldcache.train
     from ldcache.dump.scan import scan_dataset
-    from ldcache.domain.teacher import build_teacher, load_config
+    from ldcache.domain.ld_config import load_config
+    from ldcache.domain.teacher import build_teacher
     from ldcache.domain.views import parse_views
 
     register_all_modules()

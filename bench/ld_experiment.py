@@ -101,7 +101,7 @@ def train_one(job: dict) -> dict:
     """One student run (in its own process): train, then COCO AP on val and on test."""
     import torch
 
-    from ldcache.demo.run import coco_ap
+    from ldcache.train.evaluate import coco_ap
     from ldcache.train.runner import runner_from_config
     from ldcache.train.schedule import scaled_iteration_schedule
     from ldcache.train.student import build_student_runner

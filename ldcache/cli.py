@@ -1,6 +1,8 @@
 """The `ldcache` command line: dump a teacher once, train students from the cache, inspect it."""
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -38,16 +40,31 @@ def _parse_scale(text: str) -> tuple[int, int]:
 
 @app.command("dump-teacher")
 def dump_teacher(
-    teacher_config: Path = typer.Argument(..., help="mmdet config of the teacher (GFL family)."),
-    teacher_checkpoint: Path = typer.Argument(..., help="Its checkpoint (loaded weights-only unless ldcache wrote it)."),
-    ann_file: Path = typer.Option(..., "--ann-file", help="COCO-format annotation file of the training images."),
-    img_dir: Path = typer.Option(..., "--img-dir", help="Folder of the images named in the annotation file."),
+    config: str = typer.Argument(
+        ..., metavar="CONFIG",
+        help="The teacher's mmdet config (GFL family), or an LD config: one of mmdet's configs/ld/ "
+             "(mmdet::ld/ld_r18-gflv1-r101_fpn_1x_coco.py) or a config inheriting one. An LD config gives the "
+             "teacher (model.teacher_config, teacher_ckpt), the train data, the views (its train Resize and "
+             "RandomFlip) and the Main region (its student's ATSS topk)."),
+    checkpoint: Optional[str] = typer.Argument(
+        None, metavar="[CHECKPOINT]", help="The teacher's checkpoint (loaded weights-only unless ldcache wrote it); "
+                                           "for an LD config, instead of its teacher_ckpt. Same as --teacher-ckpt."),
+    teacher_ckpt: Optional[str] = typer.Option(None, "--teacher-ckpt", help="The teacher's checkpoint (as CHECKPOINT)."),
     out: str = typer.Option(..., "--out", help="Zarr store to write: a folder, or an object-store URL "
                                                "(s3://bucket/prefix/name.zarr; credentials from AWS_* variables)."),
+    ann_file: Optional[Path] = typer.Option(
+        None, "--ann-file", help="COCO-format annotation file of the training images. Default: the config's train dataset."),
+    img_dir: Optional[Path] = typer.Option(
+        None, "--img-dir", help="Folder of the images named in the annotation file. Default: the config's train dataset."),
+    cfg_options: Optional[list[str]] = typer.Option(
+        None, "--cfg-options", help="key=value overrides of CONFIG, repeatable (mmengine syntax), e.g. "
+                                    "model.teacher_config=PATH or train_dataloader.dataset.data_root=DIR."),
     scale: Optional[list[str]] = typer.Option(
         None, "--scale", help="View scale WxH as in mmdet's Resize(keep_ratio=True); repeat for several. "
-                              "Default: the Resize scale of the config's test pipeline."),
-    flip: bool = typer.Option(True, "--flip/--no-flip", help="Also store the horizontally flipped view of each scale."),
+                              "Default: an LD config's train Resize scale, a teacher config's test Resize scale."),
+    flip: Optional[bool] = typer.Option(
+        None, "--flip/--no-flip", help="Also store the horizontally flipped view of each scale. Default: yes "
+                                       "(for an LD config: when its train pipeline's RandomFlip flips)."),
     region: str = typer.Option("distill", help="distill: rows only at Main and VLR locations; dense: every location."),
     gamma: float = typer.Option(0.25, help="Lowest VLR gamma the store supports (VLR: gamma*thr <= d < thr)."),
     vlr_metric: Optional[list[str]] = typer.Option(
@@ -75,23 +92,34 @@ def dump_teacher(
 
     Under torchrun, the processes share the work and write one store.
     """
-    from .dump.run import DumpOptions, run_dump
-    from .domain.teacher import default_scale, load_config
-    from .domain.views import parse_views
+    from .dump.inputs import DumpRequest, resolve_dump
+    from .dump.run import run_dump
     from .store.format import VLR_METRICS
 
+    if checkpoint and teacher_ckpt and checkpoint != teacher_ckpt:
+        _fail(f"two checkpoints given: {checkpoint} and --teacher-ckpt {teacher_ckpt}; give one")
     try:
-        scales = [_parse_scale(s) for s in scale] if scale else [default_scale(load_config(teacher_config))]
-        opts = DumpOptions(teacher_config, teacher_checkpoint, ann_file, img_dir, out, parse_views(scales, flip),
-                           region=region, gamma=gamma, dtype=dtype, device=device, batch_size=batch_size,
-                           vlr_metrics=tuple(vlr_metric) if vlr_metric else VLR_METRICS,
-                           vlr_class_logits=vlr_class_logits,
-                           workers=workers, block_size=block_size, resume=resume, dask_scheduler=dask_scheduler)
+        request = DumpRequest(config, checkpoint or teacher_ckpt, _parse_cfg_options(cfg_options), ann_file, img_dir,
+                              [_parse_scale(s) for s in scale] if scale else None, flip)
+        opts, notes = resolve_dump(
+            request, out=out, region=region, gamma=gamma, dtype=dtype, device=device, batch_size=batch_size,
+            vlr_metrics=tuple(vlr_metric) if vlr_metric else VLR_METRICS, vlr_class_logits=vlr_class_logits,
+            workers=workers, block_size=block_size, resume=resume, dask_scheduler=dask_scheduler)
+        if _is_first_rank():
+            for line in notes:
+                console.note(line)
         summary = run_dump(opts)
     except LDCacheError as e:
         _fail(str(e))
     if summary is not None:
         _print_dump_summary(out, summary)
+
+
+def _is_first_rank() -> bool:
+    """Whether this process prints for the job: rank 0 of a torchrun or SLURM job, or a lone process."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _print_dump_summary(out: str, summary) -> None:
@@ -121,11 +149,19 @@ def _parse_cfg_options(items: list[str] | None) -> dict:
 
 @app.command("train-student")
 def train_student(
-    student_config: Path = typer.Argument(..., help="Cached-LD student config (e.g. configs/tiny/ld_r18_tiny_cached.py)."),
+    student_config: str = typer.Argument(
+        ..., metavar="CONFIG",
+        help="The student's config: a cached-LD config (configs/tiny/ld_r18_tiny_cached.py), or an mmdet LD config "
+             "(mmdet::ld/ld_r18-gflv1-r101_fpn_1x_coco.py, or one inheriting it), turned into cached LD."),
     cache: Optional[str] = typer.Option(None, "--cache", help="Store written by dump-teacher, a folder or an "
                                                               "s3:// URL (overrides the config's)."),
+    online: bool = typer.Option(False, "--online", help="An LD config: train with its live teacher instead, through "
+                                                        "the same loss code (a baseline for the cache)."),
+    teacher_ckpt: Optional[str] = typer.Option(None, "--teacher-ckpt", help="With --online: the teacher's checkpoint "
+                                                                          "instead of the LD config's teacher_ckpt."),
     teacher: Optional[tuple[str, str]] = typer.Option(
-        None, "--teacher", help="CONFIG CKPT: online LD with a live teacher, through the same losses."),
+        None, "--teacher", help="CONFIG CKPT: a cached-LD config trained online with this live teacher, through "
+                                "the same losses."),
     work_dir: Optional[Path] = typer.Option(None, help="Checkpoints and logs (default work_dirs/<config name>)."),
     resume: bool = typer.Option(False, help="Resume from the latest checkpoint in the work dir."),
     cfg_options: Optional[list[str]] = typer.Option(
@@ -138,13 +174,79 @@ def train_student(
     """
     from .train.student import build_student_runner
 
-    online = (Path(teacher[0]), Path(teacher[1])) if teacher and teacher[0] is not None else None
+    online_teacher = (Path(teacher[0]), Path(teacher[1])) if teacher and teacher[0] is not None else None
+    if teacher_ckpt and not online:
+        _fail("--teacher-ckpt goes with --online (a cached student has no teacher)")
     try:
-        runner = build_student_runner(student_config, cache, online, work_dir,
-                                      _parse_cfg_options(cfg_options), resume)
+        runner = build_student_runner(student_config, cache, online_teacher, work_dir,
+                                      _parse_cfg_options(cfg_options), resume, online=online or bool(online_teacher),
+                                      teacher_ckpt=teacher_ckpt, report=_report_changes)
         runner.train()
     except LDCacheError as e:
         _fail(str(e))
+
+
+def _report_changes(lines: list[str]) -> None:
+    if _is_first_rank():
+        for line in lines:
+            console.note(line)
+
+
+@app.command("train-teacher")
+def train_teacher(
+    config: str = typer.Argument(..., metavar="CONFIG", help="An mmdet detector config (a file or mmdet::...)."),
+    work_dir: Optional[Path] = typer.Option(None, help="Checkpoints and logs (default work_dirs/<config name>)."),
+    resume: bool = typer.Option(False, help="Resume from the latest checkpoint in the work dir."),
+    cfg_options: Optional[list[str]] = typer.Option(
+        None, "--cfg-options", help="key=value overrides of the config, repeatable (mmengine syntax)."),
+) -> None:
+    """Train a detector (a teacher to dump) with mmengine's Runner, as mmdet's tools/train.py does.
+
+    For a teacher on your own dataset (docs/own-dataset.md). Works under torchrun.
+    """
+    from .domain.ld_config import is_ld_config, load_config
+    from .train.runner import install, runner_from_config
+
+    try:
+        options = _parse_cfg_options(cfg_options)
+        if is_ld_config(load_config(config, options)):
+            _fail(f"{config} is an LD config (a student with a teacher): train it with train-student")
+        install()
+        runner_from_config(config, work_dir, options, resume=resume).train()
+    except LDCacheError as e:
+        _fail(str(e))
+
+
+@app.command("evaluate")
+def evaluate(
+    config: str = typer.Argument(..., metavar="CONFIG", help="The config the checkpoint was trained with (a teacher, "
+                                                             "a cached-LD student or an mmdet LD config)."),
+    checkpoint: Path = typer.Argument(..., help="The checkpoint to evaluate (a work dir's last_checkpoint names it)."),
+    work_dir: Optional[Path] = typer.Option(None, help="Where the evaluation logs go (default work_dirs/<config name>)."),
+    cfg_options: Optional[list[str]] = typer.Option(
+        None, "--cfg-options", help="key=value overrides of the config, repeatable (mmengine syntax)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON (for scripts)."),
+) -> None:
+    """COCO AP of a checkpoint on the config's test set, as mmdet's tools/test.py computes it.
+
+    Uses the config's test_dataloader and test_evaluator. An LD config is evaluated as its student
+    alone (no teacher is built).
+    """
+    from .train.evaluate import AP_KEYS, evaluate_checkpoint
+
+    try:
+        # With --json, stdout carries the JSON alone: mmengine's log lines (its stream handler is made
+        # with the Runner, inside this block) and pycocotools' prints go to stderr.
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            metrics = evaluate_checkpoint(config, checkpoint, work_dir, _parse_cfg_options(cfg_options))
+    except LDCacheError as e:
+        _fail(str(e))
+    if as_json:
+        console.print_json(metrics)
+        return
+    others = sorted(set(metrics) - set(AP_KEYS))
+    console.note(f"{checkpoint} on the test set of {config}:")
+    console.table("", (*AP_KEYS, *others), [[f"{metrics[key]:.3f}" for key in (*AP_KEYS, *others)]])
 
 
 @app.command("inspect")
@@ -259,6 +361,9 @@ def demo(
                                     "The defaults fit the demo in 15 minutes on 2 CPU cores."),
     student_epochs: int = typer.Option(STUDENT_EPOCHS, min=1, help="Epochs for both students."),
     fresh: bool = typer.Option(False, help="Rebuild everything instead of reusing earlier results."),
+    verbose: bool = typer.Option(False, "--verbose", help="Stream mmengine's full logs (environment, config, every "
+                                                         "logged iteration) instead of one progress bar per stage; "
+                                                         "they are written to log files under the work dir either way."),
 ) -> None:
     """Run the main job on the embedded default, end to end on the CPU.
 
@@ -269,10 +374,11 @@ def demo(
 
     try:
         run_demo(work_dir=work_dir, data_root=data_root or Path("data/shapes"),
-                 teacher_epochs=teacher_epochs, student_epochs=student_epochs, fresh=fresh)
+                 teacher_epochs=teacher_epochs, student_epochs=student_epochs, fresh=fresh,
+                 verbose=verbose)
     except LDCacheError as e:
         _fail(str(e))
 
 
 if __name__ == "__main__":  # `python -m ldcache.cli`
-    app()
+    app(prog_name="ldcache")

@@ -6,8 +6,10 @@ errors go to stderr. Every module prints through the two consoles here.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from typing import TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -67,9 +69,25 @@ class _RateColumn(ProgressColumn):
 
 def progress(enabled: bool = True, unit: str = "image-views") -> Progress:
     """A progress bar on stderr with count, rate, elapsed time and ETA."""
+    # A live bar on a terminal shows what libraries print above itself, unless library_output_to()
+    # sends that to a file: then it stays there.
+    captured = err.file is not sys.stderr
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(unit),
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
-                    disable=not enabled)
+                    disable=not enabled, redirect_stdout=not captured, redirect_stderr=not captured)
+
+
+@contextmanager
+def library_output_to(file: TextIO) -> Iterator[None]:
+    """Within: what other libraries write to sys.stdout and sys.stderr (prints, logging handlers
+    made meanwhile, warnings) goes to `file`, while these consoles and their bars keep the terminal."""
+    out.file, err.file = sys.stdout, sys.stderr
+    try:
+        with redirect_stdout(file), redirect_stderr(file):
+            yield
+    finally:
+        # Built without a file, the consoles follow sys.stdout and sys.stderr again.
+        out.file = err.file = None
 
 
 @contextmanager

@@ -231,6 +231,30 @@ def s3_environ(env: dict[str, str]):
                 os.environ[key] = value
 
 
+@contextmanager
+def moto_s3(bucket: str):
+    """A moto S3 server on 127.0.0.1 with one bucket; its credentials and endpoint in os.environ
+    (see s3_environ) while the block runs, and yielded."""
+    import logging
+    import secrets
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "ldcache-test-key", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        with s3_environ(env):
+            boto3.client("s3").create_bucket(Bucket=bucket)
+            yield env
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_tables(tmp_path_factory) -> Path:
     """Readers' local copies of the test stores' small arrays in the session's temporary folder,

@@ -30,7 +30,8 @@ def reference_store(shapes_store):
 
 
 def test_store_holds_the_teacher_logits_at_region_rows(reference_store, shapes_root, random_teacher):
-    from ldcache.domain.teacher import build_teacher, load_config, teacher_outputs
+    from ldcache.domain.ld_config import load_config
+    from ldcache.domain.teacher import build_teacher, teacher_outputs
     from ldcache.dump.scan import scan_dataset
     from ldcache.dump.teacher_pass import ViewDataset, _collate
     from ldcache.domain.views import View

@@ -242,7 +242,8 @@ CASES = [(norm, metric, gamma, "class_sum" if (i % 2) else "official")
 
 
 def test_terms_equal_the_reference_cached_and_online(scene, random_teacher):
-    from ldcache.domain.teacher import build_teacher, load_config
+    from ldcache.domain.ld_config import load_config
+    from ldcache.domain.teacher import build_teacher
 
     student, online, items, collate = _models(scene, random_teacher)
     teacher = build_teacher(load_config(TEACHER_CONFIG), random_teacher, "cpu")
@@ -291,7 +292,8 @@ def test_terms_equal_the_reference_cached_and_online(scene, random_teacher):
 def test_per_image_on_a_batch_of_one_is_half_the_official_strength(scene, random_teacher):
     """At one image per GPU 'per_image' divides by half the official divisors (2 images per GPU is
     the official setting), and both equal the reference."""
-    from ldcache.domain.teacher import build_teacher, load_config
+    from ldcache.domain.ld_config import load_config
+    from ldcache.domain.teacher import build_teacher
 
     student, _, items, collate = _models(scene, random_teacher)
     teacher = build_teacher(load_config(TEACHER_CONFIG), random_teacher, "cpu")

@@ -1,14 +1,12 @@
 """Beyond one process: stores on S3 (a moto server on loopback), torchrun splits, dask clusters."""
 import json
-import logging
 import os
-import secrets
 import subprocess
 
 import numpy as np
 import pytest
 
-from conftest import (BIN, TORCHRUN, assert_same_arrays, dump_args, loaded_targets, rendezvous_endpoint, s3_environ,
+from conftest import (BIN, TORCHRUN, assert_same_arrays, dump_args, loaded_targets, moto_s3, rendezvous_endpoint,
                       run_dump_cli, store_arrays, unreachable_port)
 
 pytestmark = pytest.mark.slow
@@ -22,22 +20,9 @@ def _assert_same_arrays(store, reference) -> None:
 
 @pytest.fixture(scope="module")
 def s3_env():
-    """A moto S3 server on 127.0.0.1 with one bucket; its credentials in os.environ while the module runs."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "ldcache-test-key", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
-    try:
-        with s3_environ(env):
-            boto3.client("s3").create_bucket(Bucket=BUCKET)
-            yield env
-    finally:
-        server.stop()
+    """A moto S3 server with one bucket; its credentials in os.environ while the module runs."""
+    with moto_s3(BUCKET) as env:
+        yield env
 
 
 def test_two_writer_processes_fill_one_s3_store_equal_to_a_local_dump(s3_env, shapes_store, shapes_root,

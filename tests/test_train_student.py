@@ -55,7 +55,8 @@ def test_main_ld_equals_mmdet_ldhead(shapes_store, random_teacher, shapes_root):
     from mmdet.models.utils import unpack_gt_instances
     from mmdet.registry import MODELS
 
-    from ldcache.domain.teacher import build_teacher, load_config
+    from ldcache.domain.ld_config import load_config
+    from ldcache.domain.teacher import build_teacher
 
     cfg = _cached_cfg(shapes_store, normalize="official")
     student, _, batch = _models_and_batch(cfg, random_teacher)

@@ -6,13 +6,19 @@ configs/tiny/ld_r18_tiny_cached.py, the one the committed experiment selected), 
 COCO AP and costs, with the committed experiment's verdict, the cached-online parity on a batch,
 the teacher time the cache saved, and an inspect picture. Each finished step leaves `metrics.json`
 in its folder, so a re-run reuses it (unless --fresh).
+
+The terminal shows one progress bar per step; mmengine's logs stay in each training step's log
+file, and whatever else libraries print (pycocotools, warnings) in `demo.log`, unless --verbose.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .. import console
@@ -24,14 +30,14 @@ BASELINE_CONFIG = CONFIGS / "tiny" / "gfl_r18_tiny.py"
 CACHED_CONFIG = CONFIGS / "tiny" / "ld_r18_tiny_cached.py"
 # The committed experiment's summary (bench/ld_experiment.py writes it beside docs/results.md).
 EXPERIMENT_SUMMARY = CONFIGS.parent / "docs" / "results.json"
-AP_KEYS = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75")
 # Sized so that the whole demo takes at most 15 minutes on 2 CPU cores (docs/benchmarks.md); the
 # students' 36 steps are about the committed experiment's 40.
 TEACHER_EPOCHS = 14
 STUDENT_EPOCHS = 6
 # What a demo run writes in its work_dir.
 STEPS = ("teacher", "dump", "teacher.zarr", "student_plain", "student_cached_ld", "parity", "inspect.png",
-         "settings.json")
+         "settings.json", "demo.log")
+TRAINING_STEPS = ("teacher", "student_plain", "student_cached_ld")
 
 
 def use_shapes_dataset(root: Path) -> Path:
@@ -55,8 +61,13 @@ def run_once(folder: Path, run) -> dict:
     return metrics
 
 
-def train_and_test(config: Path, work_dir: Path, cfg_options: dict | None = None, cache: Path | None = None) -> dict:
-    """Train with mmengine's Runner, then evaluate on the val split; returns the COCO metrics."""
+def train_and_test(config: Path, work_dir: Path, cfg_options: dict | None = None, cache: Path | None = None,
+                   verbose: bool = True) -> dict:
+    """Train with mmengine's Runner, then evaluate on the val split; returns the COCO metrics.
+
+    Unless `verbose`, mmengine logs to its log file only and training shows as a progress bar."""
+    from ..train.evaluate import coco_ap
+    from ..train.progress_bar_hook import ProgressBarHook
     from ..train.runner import runner_from_config
     from ..train.student import build_student_runner
 
@@ -64,18 +75,45 @@ def train_and_test(config: Path, work_dir: Path, cfg_options: dict | None = None
         runner = build_student_runner(config, cache=cache, work_dir=work_dir, cfg_options=cfg_options)
     else:
         runner = runner_from_config(config, work_dir, cfg_options)
-    runner.train()
+    if verbose:
+        runner.train()
+        return coco_ap(runner.test())
+    remove_console_handler(runner.logger)
+    bar = ProgressBarHook()
+    runner.register_hook(bar)
+    try:
+        runner.train()
+    finally:
+        bar.stop()
     return coco_ap(runner.test())
 
 
-def coco_ap(metrics: dict) -> dict:
-    """{bbox_mAP, bbox_mAP_50, ...} from an mmengine evaluation's {'coco/bbox_mAP': ...}."""
-    metrics = {k.split("/")[-1]: float(v) for k, v in metrics.items() if k.startswith("coco/")}
-    if not metrics:
-        # mmdet's CocoMetric returns nothing when no box passes the score threshold: that is 0 AP.
-        console.note("[yellow]no detection above the score threshold: AP 0[/]")
-        metrics = {key: 0.0 for key in AP_KEYS}
-    return metrics
+def remove_console_handler(logger: logging.Logger) -> None:
+    """Leave mmengine's logger its log file only.
+
+    Its console handler writes to the sys.stdout of when the Runner was built: under
+    library_output(), demo.log, which got the environment and the config (its log file has them
+    too). Removed, it neither copies every iteration there nor outlives demo.log's file."""
+    for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+        logger.removeHandler(handler)
+
+
+@contextmanager
+def library_output(log: Path, verbose: bool) -> Iterator[None]:
+    """Unless `verbose`, what libraries print (mmengine's console log, pycocotools, warnings) goes
+    to `log`, appended, while ldcache's own output keeps the terminal."""
+    if verbose:
+        yield
+        return
+    with log.open("a") as file, console.library_output_to(file):
+        yield
+
+
+def log_files(work_dir: Path) -> list[Path]:
+    """The log files of a demo run: each training step's newest mmengine log, then demo.log."""
+    # mmengine writes <step>/<timestamp>/<timestamp>.log; a step that failed and ran again has several.
+    newest = [sorted((work_dir / step).glob("*/*.log"))[-1:] for step in TRAINING_STEPS]
+    return [log for logs in newest for log in logs] + [p for p in [work_dir / "demo.log"] if p.is_file()]
 
 
 def _dump(root: Path, work_dir: Path, store: Path) -> dict:
@@ -91,20 +129,31 @@ def _dump(root: Path, work_dir: Path, store: Path) -> dict:
 
 
 def run_demo(work_dir: Path, data_root: Path, teacher_epochs: int = TEACHER_EPOCHS,
-             student_epochs: int = STUDENT_EPOCHS, fresh: bool = False) -> dict:
+             student_epochs: int = STUDENT_EPOCHS, fresh: bool = False, verbose: bool = False) -> dict:
+    """Run the demo's steps (those not done yet) and print their results; returns their metrics.
+    `verbose` streams every library's output instead of one progress bar per step."""
     settings = {"teacher_epochs": teacher_epochs, "student_epochs": student_epochs}
     if fresh or _made_with_other_settings(work_dir, settings):
         _clear_steps(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / "settings.json").write_text(json.dumps(settings))
+    with library_output(work_dir / "demo.log", verbose):
+        results = _run_steps(work_dir, data_root, settings, verbose)
+    console.out.print(f"full logs: {', '.join(map(str, log_files(work_dir)))}", soft_wrap=True, markup=False,
+                      highlight=False)
+    return results
+
+
+def _run_steps(work_dir: Path, data_root: Path, settings: dict, verbose: bool) -> dict:
+    teacher_epochs, student_epochs = settings["teacher_epochs"], settings["student_epochs"]
     start = time.perf_counter()
     console.out.rule("[bold]1/5 dataset (kwcoco shapes, offline)")
     root = use_shapes_dataset(data_root)
     console.out.print(f"shapes dataset ready at {root}")
 
     console.out.rule("[bold]2/5 teacher: GFL R34 tiny")
-    teacher = run_once(work_dir / "teacher", lambda: train_and_test(TEACHER_CONFIG, work_dir / "teacher",
-                                                                         _schedule(teacher_epochs)))
+    teacher = run_once(work_dir / "teacher", lambda: train_and_test(
+        TEACHER_CONFIG, work_dir / "teacher", _schedule(teacher_epochs), verbose=verbose))
     console.out.rule("[bold]3/5 dump the teacher (identity + flipped view)")
     store = work_dir / "teacher.zarr"
     _forget_unreadable_dump(work_dir / "dump", store)
@@ -112,12 +161,11 @@ def run_demo(work_dir: Path, data_root: Path, teacher_epochs: int = TEACHER_EPOC
 
     student_opts = _schedule(student_epochs)
     console.out.rule("[bold]4/5 student GFL R18 tiny, no distillation")
-    baseline = run_once(work_dir / "student_plain",
-                            lambda: train_and_test(BASELINE_CONFIG, work_dir / "student_plain", student_opts))
+    baseline = run_once(work_dir / "student_plain", lambda: train_and_test(
+        BASELINE_CONFIG, work_dir / "student_plain", student_opts, verbose=verbose))
     console.out.rule("[bold]5/5 student GFL R18 tiny, cached LD (configs/tiny/ld_r18_tiny_cached.py)")
-    cached = run_once(work_dir / "student_cached_ld",
-                          lambda: train_and_test(CACHED_CONFIG, work_dir / "student_cached_ld", student_opts,
-                                                 cache=store))
+    cached = run_once(work_dir / "student_cached_ld", lambda: train_and_test(
+        CACHED_CONFIG, work_dir / "student_cached_ld", student_opts, cache=store, verbose=verbose))
     parity = run_once(work_dir / "parity", lambda: cached_online_parity(store, work_dir, student_epochs))
     picture = _inspect_picture(store, work_dir / "inspect.png")
     _print_table(teacher, baseline, cached, dump, time.perf_counter() - start, picture, settings)
@@ -244,6 +292,8 @@ def _print_evidence(parity: dict, dump: dict) -> None:
 
 
 def _print_table(teacher, baseline, cached, dump, wall, picture, settings) -> None:
+    from ..train.evaluate import AP_KEYS
+
     rows = [(name, *(f"{metrics.get(k, float('nan')):.3f}" for k in AP_KEYS), f"{metrics['seconds']:.0f} s train")
             for name, metrics in ((f"teacher GFL R34 tiny, {settings['teacher_epochs']} epochs", teacher),
                                   ("student R18, no distillation", baseline), ("student R18, cached LD", cached))]

@@ -8,15 +8,9 @@ from mmengine.config import Config
 
 from .. import checkpoint_trust
 from ..errors import BadInputError
+from .head import is_distribution_head
 
 DEFAULT_TOPK = 9  # mmdet's ATSSAssigner default, and every GFL config's
-
-
-def load_config(path: str | Path) -> Config:
-    """An mmengine config, or a clear error when the file is not there."""
-    if not Path(path).is_file():
-        raise BadInputError(f"config file {path} does not exist")
-    return Config.fromfile(str(path))
 
 
 def default_scale(cfg: Config) -> tuple[int, int]:
@@ -34,12 +28,6 @@ def assigner_topk(cfg: Config) -> int:
     return int(assigner.get("topk", DEFAULT_TOPK))
 
 
-def config_classes(cfg: Config) -> tuple[str, ...] | None:
-    """The class names the config's train dataset declares, if it declares any."""
-    classes = cfg.get("train_dataloader", {}).get("dataset", {}).get("metainfo", {}).get("classes")
-    return tuple(classes) if classes else None
-
-
 def build_teacher(cfg: Config, checkpoint: str | Path, device: str) -> torch.nn.Module:
     """The teacher in eval mode with its weights; a checkpoint that does not fit is a user error."""
     from mmdet.registry import MODELS
@@ -54,7 +42,7 @@ def build_teacher(cfg: Config, checkpoint: str | Path, device: str) -> torch.nn.
     model_cfg.get("backbone", {}).pop("init_cfg", None)  # weights come from the checkpoint
     model = MODELS.build(model_cfg)
     head = getattr(model, "bbox_head", None)
-    if head is None or not hasattr(head, "reg_max") or not hasattr(head, "prior_generator"):
+    if head is None or not is_distribution_head(head):
         raise BadInputError(f"the teacher ({type(model).__name__}) has no GFL-style head with reg_max "
                             "edge distributions and an anchor generator; LD needs one (GFLHead, LDHead)")
     try:

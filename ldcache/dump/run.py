@@ -23,9 +23,12 @@ import torch
 
 from .. import console
 from ..digest import file_sha256
+from ..domain.classes import teacher_classes_problem
 from ..domain.grid import featmap_sizes
+from ..domain.head import head_mismatch
 from ..domain.rows import RegionRowMaker
-from ..domain.teacher import assigner_topk, build_teacher, config_classes, load_config
+from ..domain.ld_config import load_config, train_classes
+from ..domain.teacher import assigner_topk, build_teacher
 from ..domain.views import PAD_DIVISOR, View, view_geometry
 from ..errors import BadInputError, LDCacheError, StoreIncompleteError, StoreMismatchError
 from ..store.attrs import (DatasetAttrs, DumpSummary, GridAttrs, HeadGeometry, LayoutAttrs, RegionAttrs,
@@ -71,6 +74,12 @@ class DumpOptions:
     chunk_rows: int = 512
     resume: bool = False
     dask_scheduler: str | None = None  # address of a dask.distributed scheduler for pass 1
+    # Set from an LD config (dump/inputs.py): its student's ATSS topk and classes, and its head
+    # geometry, which must be the teacher's. None: the teacher config's own topk and classes.
+    topk: int | None = None
+    classes: tuple[str, ...] | None = None
+    student_geometry: HeadGeometry | None = None
+    cfg_options: dict | None = None  # --cfg-options of a teacher config, merged into it
 
     def check(self) -> None:
         """Refuse options no dump can run with, before any work starts."""
@@ -101,6 +110,11 @@ def _fingerprint(opts: DumpOptions, hashes: dict, topk: int) -> str:
                 vlr_metrics=list(opts.vlr_metrics), vlr_class_logits=opts.vlr_class_logits,
                 # GroupNorm in the head sees a batch's padding, so the batch size changes values.
                 batch_size=opts.batch_size, block_size=opts.block_size, chunk_rows=opts.chunk_rows)
+    # Only when set, so that the dumps made before these options keep their fingerprints.
+    if opts.classes is not None:
+        keys["classes"] = list(opts.classes)
+    if opts.cfg_options:
+        keys["cfg_options"] = opts.cfg_options
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
 
 
@@ -134,20 +148,28 @@ def run_dump(opts: DumpOptions) -> DumpSummary | None:
 
 def _run_locked(opts: DumpOptions, ranks: Ranks, lock: StoreLock, started: float) -> DumpSummary | None:
     device = _resolve_device(opts.device)
-    cfg = load_config(opts.teacher_config)
+    cfg = load_config(opts.teacher_config, opts.cfg_options)
     model = build_teacher(cfg, opts.checkpoint, device)  # a checkpoint that does not fit fails here
     geometry = HeadGeometry.of_head(model.bbox_head)
+    mismatch = opts.student_geometry and head_mismatch(geometry, opts.student_geometry, "teacher")
+    if mismatch:
+        raise BadInputError(f"the student's head cannot learn from this teacher's cached outputs ({mismatch}): "
+                            "LD compares the two heads location by location and bin by bin")
+    classes = opts.classes or train_classes(cfg)
     # Parsing the annotation file (450 MB for COCO), hashing the inputs and reading every image's
     # header are the same work on every rank: rank 0 does it and broadcasts the result over the
     # gloo group. A broadcast, rather than a file staged beside the store, needs nothing cleaned
     # up after a kill and works alike on local disks and object stores.
-    scan, hashes = ranks.from_first(lambda: (scan_dataset(opts.ann_file, opts.img_dir, config_classes(cfg)),
+    scan, hashes = ranks.from_first(lambda: (scan_dataset(opts.ann_file, opts.img_dir, classes),
                                              _input_hashes(opts)))
+    problem = teacher_classes_problem(opts.checkpoint, scan.classes)
+    if problem:
+        raise BadInputError(problem)
     if len(scan.classes) != geometry.num_classes:
         raise BadInputError(f"the teacher predicts {geometry.num_classes} classes but the dataset has "
                             f"{len(scan.classes)}; give the teacher's own dataset classes")
     records = [(entry, view) for entry in scan.images for view in opts.views]
-    topk = assigner_topk(cfg)
+    topk = opts.topk or assigner_topk(cfg)
     maker = RegionRowMaker(model.bbox_head.prior_generator, geometry.strides, opts.region, opts.gamma,
                            topk, tuple(opts.vlr_metrics))
 

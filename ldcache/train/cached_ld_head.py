@@ -16,6 +16,9 @@ from ..store.format import VLR_METRICS, VLR_STEPS
 
 NORMALIZE_MODES = ("official", "per_image", "weight_sum")
 KD_REDUCTIONS = ("official", "class_sum")
+# How the box losses (GIoU, DFL) are divided by the sum of their weights: GFLHead floors the sum
+# at 1, mmdet's LDHead adds 1e-6 to it instead.
+BBOX_NORMS = ("gfl", "ld_head")
 # Main and VLR LD divisors of the official code, whatever the number of rows.
 OFFICIAL_LD_AVG = {"loss_ld": 4.0, "loss_ld_vlr": 16.0}
 # The official recipe's images per GPU: 'per_image' equals 'official' there.
@@ -82,6 +85,10 @@ class CachedLDHead(GFLHead):
             classes and divided by 80, equal to ``'official'`` on 80 classes and of the same
             strength per location at any class count. Defaults to ``'official'``.
         use_dfl (bool): Keep GFL's DFL term. Defaults to True.
+        bbox_norm (str): ``'gfl'``: the box losses (GIoU and DFL) are divided by the sum of their
+            weights (the student's confidence at its positives) floored at 1, as GFLHead does;
+            ``'ld_head'``: by that sum plus 1e-6, as mmdet's ``LDHead`` does (larger box losses
+            while the sum is below 1, early in training). Defaults to ``'gfl'``.
         **kwargs: GFLHead's arguments.
     """
 
@@ -95,11 +102,13 @@ class CachedLDHead(GFLHead):
                  normalize: str = "official",
                  kd_reduction: str = "official",
                  use_dfl: bool = True,
+                 bbox_norm: str = "gfl",
                  **kwargs):
         super().__init__(*args, **kwargs)
         for name, value, choices in (("vlr_metric", vlr_metric, VLR_METRICS),
                                      ("normalize", normalize, NORMALIZE_MODES),
-                                     ("kd_reduction", kd_reduction, KD_REDUCTIONS)):
+                                     ("kd_reduction", kd_reduction, KD_REDUCTIONS),
+                                     ("bbox_norm", bbox_norm, BBOX_NORMS)):
             if value not in choices:
                 raise BadInputError(f"CachedLDHead: {name} must be one of {choices}, not {value!r}")
         if self.num_classes == 1 and (loss_kd or loss_kd_vlr):
@@ -111,7 +120,7 @@ class CachedLDHead(GFLHead):
             ("loss_ld", loss_ld), ("loss_ld_vlr", loss_ld_vlr), ("loss_kd", loss_kd),
             ("loss_kd_vlr", loss_kd_vlr))}
         self.vlr_gamma, self.vlr_metric, self.use_dfl = vlr_gamma, vlr_metric, use_dfl
-        self.normalize, self.kd_reduction = normalize, kd_reduction
+        self.normalize, self.kd_reduction, self.bbox_norm = normalize, kd_reduction, bbox_norm
         self._targets = None
         self._rows_missing: list[torch.Tensor] = []
         self._pending_counts: list[_PendingCounts] = []
@@ -135,6 +144,8 @@ class CachedLDHead(GFLHead):
         levels = [self._level_rows(level, cls_scores[level], bbox_preds[level], labels_list[level],
                                    label_weights_list[level], rows)
                   for level in range(len(cls_scores))]
+        if self.bbox_norm == "ld_head":
+            self._divide_box_losses_as_ld_head(losses, levels)
         divisors = self._ld_divisors(levels, len(batch_img_metas))
         for name, loss in self.ld_losses.items():
             if loss is not None:
@@ -182,6 +193,17 @@ class CachedLDHead(GFLHead):
                        "loss_ld_vlr": vlr_row * rows.weight_at(self.vlr_gamma)[lo:hi]},
             label_weight=label_weights[index],
             empty=hi == lo, zero=bbox_pred.sum() * 0)
+
+    @staticmethod
+    def _divide_box_losses_as_ld_head(losses: dict, levels: list[_LevelRows]) -> None:
+        """Rescale GFLHead's box losses from its divisor, max(S, 1), to LDHead's, S + 1e-6, with S the
+        sum of the box-loss weights averaged over the GPUs: the Main LD weights, which are the same
+        (the student's confidence at each of its positives)."""
+        weight_sum = reduce_mean(sum(level.ld_weight["loss_ld"].sum() for level in levels)).item()
+        scale = max(weight_sum, 1.0) / (weight_sum + 1e-6)
+        for name in ("loss_bbox", "loss_dfl"):
+            if name in losses:
+                losses[name] = [loss * scale for loss in losses[name]]
 
     def _ld_divisors(self, levels: list[_LevelRows], num_images: int) -> dict:
         """The divisor of each LD term (class docstring's table): a number or a device tensor."""

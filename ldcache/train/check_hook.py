@@ -2,31 +2,19 @@
 after each epoch, report the row checks the head still had on their way from the GPU."""
 from __future__ import annotations
 
-import dataclasses
-
 from mmcv.transforms import RandomFlip
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
 from ..digest import file_sha256
+from ..domain.classes import classes_difference
+from ..domain.head import head_mismatch
+from ..domain.ld_config import flip_probability
 from ..errors import BadInputError, StoreMismatchError
 from ..store.attrs import HeadGeometry, RegionAttrs
 from ..store.reader import StoreReader
 from .cached_ld_head import CachedLDHead
 from .load_ld_targets import LoadLDTargets
-
-# Where a student config sets each field of the head geometry a store is made for.
-GEOMETRY_SETTINGS = {
-    "num_classes": "model.bbox_head.num_classes",
-    "reg_max": "model.bbox_head.reg_max",
-    "strides": "model.bbox_head.anchor_generator.strides",
-    "octave_base_scale": "model.bbox_head.anchor_generator.octave_base_scale",
-    "scales_per_octave": "model.bbox_head.anchor_generator.scales_per_octave",
-    "ratios": "model.bbox_head.anchor_generator.ratios",
-    "center_offset": "model.bbox_head.anchor_generator.center_offset",
-    "num_base_priors": "model.bbox_head.anchor_generator (ratios x scales_per_octave)",
-    "allowed_border": "model.train_cfg.allowed_border",
-}
 
 
 def ld_stores_in_pipeline(pipeline) -> list[str]:
@@ -38,15 +26,6 @@ def ld_stores_in_pipeline(pipeline) -> list[str]:
         elif isinstance(step, dict) and step.get("type") == "LoadLDTargets":
             stores.append(str(step["store"]))
     return stores
-
-
-def head_mismatch(store_head: HeadGeometry, student_head: HeadGeometry) -> str | None:
-    """Each field of the head geometry that differs, with the student setting that decides it;
-    None when the two are the same."""
-    store, student = dataclasses.asdict(store_head), dataclasses.asdict(student_head)
-    different = [f"{k}: store {store[k]} vs student {student[k]}, set by {GEOMETRY_SETTINGS[k]}"
-                 for k in store if store[k] != student[k]]
-    return "; ".join(different) or None
 
 
 def gamma_mismatch(region: RegionAttrs, vlr_gamma: float, losses: dict) -> str | None:
@@ -67,9 +46,19 @@ def gamma_mismatch(region: RegionAttrs, vlr_gamma: float, losses: dict) -> str |
     return None
 
 
-def check_store_fits(reader: StoreReader, ann_file: str | None, image_ids, head) -> None:
-    """Refuse, with the reason, a store made for another dataset, head geometry or assignment."""
+def check_store_fits(reader: StoreReader, ann_file: str | None, image_ids, head, classes=None) -> None:
+    """Refuse, with the reason, a store made for another dataset, head geometry or assignment.
+
+    `classes`: the class names of the student's train dataset (its metainfo), checked first and by
+    name: a store of other classes would otherwise be refused for its annotation file or head."""
     attrs = reader.attrs
+    difference = classes_difference(attrs.dataset.classes, classes, first_has="it holds a teacher's logits for",
+                                    second_has="the student's dataset has", first_name="the store",
+                                    second_name="the student's dataset")
+    if difference:
+        raise StoreMismatchError(f"store {reader.path}: {difference}. Train on the store's classes, in its order "
+                                 "(train_dataloader.dataset.metainfo.classes), or dump a teacher trained on the "
+                                 "student's classes (docs/own-dataset.md)")
     if ann_file is not None and file_sha256(ann_file) != attrs.dataset.ann_sha256:
         raise StoreMismatchError(f"store {reader.path} was dumped from {attrs.dataset.ann_file}, whose content "
                                  f"differs from the training annotation file {ann_file} (sha256 mismatch)")
@@ -102,13 +91,6 @@ def check_store_fits(reader: StoreReader, ann_file: str | None, image_ids, head)
     mismatch = gamma_mismatch(region, getattr(head, "vlr_gamma", region.gamma), losses)
     if mismatch:
         raise StoreMismatchError(f"store {reader.path} ({region.mode}): {mismatch}")
-
-
-def flip_probability(prob) -> float:
-    """RandomFlip's chance of flipping at all (its prob: None, a number, or one per direction)."""
-    if prob is None:
-        return 0.0
-    return float(sum(prob)) if isinstance(prob, (list, tuple)) else float(prob)
 
 
 def check_pipeline_fits(reader: StoreReader, pipeline, data_preprocessor) -> None:
@@ -160,7 +142,8 @@ class LDCacheCheckHook(Hook):
         image_ids = [dataset.get_data_info(i)["img_id"] for i in range(len(dataset))]
         for store in stores:
             reader = StoreReader(store)
-            check_store_fits(reader, dataset.ann_file, image_ids, model.bbox_head)
+            check_store_fits(reader, dataset.ann_file, image_ids, model.bbox_head,
+                             (getattr(dataset, "metainfo", None) or {}).get("classes"))
             check_pipeline_fits(reader, dataset.pipeline, model.data_preprocessor)
 
     def after_train_epoch(self, runner) -> None:

@@ -10,7 +10,8 @@ from mmdet.models.detectors import GFL
 from mmdet.registry import MODELS
 
 from ..domain.rows import RegionRowMaker, gather_logits
-from ..domain.teacher import DEFAULT_TOPK, build_teacher, load_config
+from ..domain.ld_config import load_config
+from ..domain.teacher import DEFAULT_TOPK, build_teacher
 from ..domain.grid import featmap_sizes
 from ..store.targets import targets_from_rows
 

@@ -14,7 +14,7 @@ from mmengine.runner import Runner
 
 from .. import checkpoint_trust
 from ..checkpoint_trust import SIGNATURE_SUFFIX, sign_checkpoint
-from ..errors import BadInputError
+from ..domain.ld_config import load_config
 from .nms import route_cuda_nms_to_torchvision
 
 
@@ -70,20 +70,15 @@ def remove_orphan_signatures(folder: Path) -> None:
 
 def runner_from_config(config: str | Path, work_dir: str | Path | None = None,
                        cfg_options: dict | None = None, resume: bool = False, prepare=None) -> Runner:
-    """Build the Runner a config asks for (``runner_type``), as mmdet's tools/train.py does.
+    """Build the Runner a config (a file or a ``package::`` name) asks for (``runner_type``), as
+    mmdet's tools/train.py does.
 
-    `prepare(cfg)`, if given, edits the loaded config before the options are merged."""
-    from mmengine.config import Config
-
-    if not Path(config).is_file():
-        raise BadInputError(f"config file {config} does not exist")
-    cfg = Config.fromfile(str(config))
+    `prepare(cfg)`, if given, edits the loaded config after the options are merged."""
+    cfg = load_config(config, cfg_options)
     if prepare is not None:
         prepare(cfg)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
     cfg.work_dir = str(work_dir) if work_dir else cfg.get(
-        "work_dir", str(Path("work_dirs") / Path(config).stem))
+        "work_dir", str(Path("work_dirs") / Path(cfg.filename).stem))
     cfg.resume = resume
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         use_torchrun_launcher(cfg)

@@ -7,16 +7,15 @@ from mmengine.config import Config, ConfigDict
 
 from .. import checkpoint_trust
 from ..errors import BadInputError
+from ..domain.ld_config import is_ld_config, train_dataset
 from .check_hook import ld_stores_in_pipeline
+from .mmdet_ld import as_cached_student, as_online_student
 from .runner import runner_from_config
 
 
 def _train_pipelines(cfg: Config) -> list[list]:
     """The pipelines of the train dataset, through dataset wrappers."""
-    dataset = cfg.train_dataloader.dataset
-    while "dataset" in dataset:
-        dataset = dataset.dataset
-    return [dataset.pipeline]
+    return [train_dataset(cfg).pipeline]
 
 
 def use_cache(cfg: Config, store: str) -> None:
@@ -69,12 +68,31 @@ def student_and_online_twin(cfg: Config, teacher_config: Path, teacher_ckpt: Pat
     return student, online
 
 
-def build_student_runner(config: Path, cache: str | Path | None = None, teacher: tuple[Path, Path] | None = None,
-                         work_dir: Path | None = None, cfg_options: dict | None = None, resume: bool = False):
-    """The mmengine Runner of a cached-LD student config: reading `cache` (or the config's own store),
-    or online LD with `teacher` = (config, checkpoint). `cfg_options` are merged after either."""
+def build_student_runner(config: str | Path, cache: str | Path | None = None, teacher: tuple[Path, Path] | None = None,
+                         work_dir: Path | None = None, cfg_options: dict | None = None, resume: bool = False,
+                         online: bool = False, teacher_ckpt: str | None = None, report=None):
+    """The mmengine Runner of a student config, after `cfg_options` are merged.
+
+    A cached-LD config reads `cache` (or its own store), or trains online with `teacher` =
+    (config, checkpoint). An mmdet LD config (``mmdet::ld/...`` or one inheriting it) is turned
+    into cached LD from `cache`, or, with `online`, into online LD with its own teacher
+    (`teacher_ckpt` instead of its ``teacher_ckpt``); `report(lines)` is given what changed."""
     def prepare(cfg: Config) -> None:
-        if teacher is not None:
+        if is_ld_config(cfg):
+            if teacher is not None:
+                raise BadInputError(f"{cfg.filename} is an LD config: it names its teacher; train it online with "
+                                    "--online (and --teacher-ckpt PATH for another checkpoint)")
+            if online:
+                changes = as_online_student(cfg, teacher_ckpt)
+            elif cache is not None:
+                changes = as_cached_student(cfg, str(cache))
+            else:
+                raise BadInputError("give --cache STORE (cached LD) or --online (LD with the config's live teacher)")
+            if report is not None:
+                report([f"{cfg.filename}, an mmdet LD config, trained with ldcache:", *(f"  {c}" for c in changes)])
+        elif online and teacher is None:
+            raise BadInputError(f"{cfg.filename} names no teacher (it is not an LD config): give --teacher CONFIG CKPT")
+        elif teacher is not None:
             use_online_teacher(cfg, *teacher)
         elif cache is not None:
             use_cache(cfg, str(cache))

@@ -1,0 +1,72 @@
+"""What `ldcache dump-teacher` dumps, read from the config it is given: a teacher's own config, or
+an mmdet LD config (``mmdet::ld/...`` or one inheriting it), whose student the store is made for."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..domain.head import student_head_geometry
+from ..domain.ld_config import (is_ld_config, load_config, teacher_checkpoint, teacher_config_file,
+                                train_classes, train_data_files, train_views)
+from ..domain.teacher import assigner_topk, default_scale
+from ..domain.views import parse_views
+from ..errors import BadInputError
+from .run import DumpOptions
+
+
+@dataclass
+class DumpRequest:
+    """The command line's inputs before they are resolved against the config."""
+
+    config: str  # a teacher config or an LD config: a path or a package:: name
+    checkpoint: str | None = None
+    cfg_options: dict = field(default_factory=dict)
+    ann_file: Path | None = None
+    img_dir: Path | None = None
+    scales: list[tuple[int, int]] | None = None
+    flip: bool | None = None  # None: the LD config's RandomFlip, else True
+
+
+def resolve_dump(request: DumpRequest, **options) -> tuple[DumpOptions, list[str]]:
+    """The DumpOptions of a request (`options`: DumpOptions' other fields) and, for an LD config,
+    a few lines saying where each input came from."""
+    cfg = load_config(request.config, request.cfg_options)
+    if is_ld_config(cfg):
+        return _from_ld_config(cfg, request, options)
+    if request.checkpoint is None:
+        raise BadInputError(f"{request.config} is a teacher config: give its checkpoint (CHECKPOINT or "
+                            "--teacher-ckpt), or give an LD config that names its teacher")
+    ann_file, img_dir = _data_files(cfg, request)
+    scales = request.scales or [default_scale(cfg)]
+    opts = DumpOptions(Path(cfg.filename), Path(request.checkpoint), ann_file, img_dir,
+                       views=parse_views(scales, True if request.flip is None else request.flip),
+                       cfg_options=request.cfg_options or None, **options)
+    return opts, []
+
+
+def _from_ld_config(cfg, request: DumpRequest, options: dict) -> tuple[DumpOptions, list[str]]:
+    """The store an LD config trains with: its teacher, its train data and views, its student's
+    assignment (topk) and classes; the student's head geometry is checked against the teacher's."""
+    teacher_config = teacher_config_file(cfg)
+    checkpoint = teacher_checkpoint(cfg, request.checkpoint)
+    ann_file, img_dir = _data_files(cfg, request)
+    scale, flip = (request.scales[0], True) if request.scales else train_views(cfg)
+    scales = request.scales or [scale]
+    flip = flip if request.flip is None else request.flip
+    topk = assigner_topk(cfg)
+    opts = DumpOptions(teacher_config, checkpoint, ann_file, img_dir, views=parse_views(scales, flip), topk=topk,
+                       classes=train_classes(cfg), student_geometry=student_head_geometry(cfg), **options)
+    views = ", ".join(f"{w}x{h}" for w, h in scales) + (" and flipped" if flip else "")
+    notes = [f"LD config {request.config}, dumped for its student:",
+             f"  teacher {teacher_config}, checkpoint {checkpoint}",
+             f"  train data {ann_file}, images {img_dir}",
+             f"  views {views}; Main region of the student's ATSS topk {topk}"]
+    return opts, notes
+
+
+def _data_files(cfg, request: DumpRequest) -> tuple[Path, Path]:
+    """--ann-file and --img-dir, each defaulting to the config's train dataset."""
+    if request.ann_file is not None and request.img_dir is not None:
+        return request.ann_file, request.img_dir
+    ann_file, img_dir = train_data_files(cfg)
+    return request.ann_file or ann_file, request.img_dir or img_dir
