@@ -151,6 +151,35 @@ def test_a_teacher_checkpoint_url_that_cannot_be_fetched_asks_for_teacher_ckpt(s
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_a_fetched_checkpoint_is_kept_only_when_its_sha256_matches_its_name(tmp_path, monkeypatch):
+    import hashlib
+    import http.server
+    import threading
+    from functools import partial
+
+    from ldcache.domain.ld_config import fetched_checkpoint
+    from ldcache.errors import BadInputError
+
+    served = tmp_path / "served"
+    served.mkdir()
+    content = b"teacher weights"
+    digest = hashlib.sha256(content).hexdigest()
+    (served / f"teacher-{digest[:8]}.pth").write_bytes(content)
+    (served / "teacher-00000000.pth").write_bytes(content)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        assert fetched_checkpoint(f"{url}/teacher-{digest[:8]}.pth").read_bytes() == content
+        with pytest.raises(BadInputError, match="cannot fetch the teacher checkpoint .*teacher-00000000.pth"):
+            fetched_checkpoint(f"{url}/teacher-00000000.pth")
+    finally:
+        server.shutdown()
+    assert not list((tmp_path / "torch").rglob("teacher-00000000.pth"))
+
+
 @pytest.mark.parametrize("option,expected", [
     ("model.bbox_head.reg_max=8", "reg_max: teacher 16 vs student 8, set by model.bbox_head.reg_max"),
     ("model.bbox_head.anchor_generator.octave_base_scale=4",

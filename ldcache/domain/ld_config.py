@@ -8,6 +8,7 @@ file, by mmdet's habit a path relative to mmdet's repository, ``configs/gfl/...`
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -112,8 +113,14 @@ def fetched_checkpoint(url: str) -> Path:
     socket.setdefaulttimeout(FETCH_TIMEOUT)
     try:
         # Downloads to a temporary file renamed into place: an interrupted fetch leaves no torn file.
-        torch.hub.download_url_to_file(url, str(path), progress=True)
-    except (OSError, ValueError) as err:  # URLError, refused or timed-out connections, bad answers
+        # The model zoo's file names end in the first hex digits of the file's sha256 (torch.hub's
+        # convention): a corrupted or substituted download is refused, not cached.
+        prefix = re.search(torch.hub.HASH_REGEX, path.name)
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix.group(1) if prefix else None,
+                                       progress=True)
+    # OSError: URLError, a refused or timed-out connection; ValueError: a bad answer; RuntimeError:
+    # a file whose sha256 does not start with its name's digits.
+    except (OSError, RuntimeError, ValueError) as err:
         reason = getattr(err, "reason", None) or err
         raise BadInputError(f"cannot fetch the teacher checkpoint {url} ({reason}): download it where it can be "
                             "reached and give --teacher-ckpt PATH") from None
