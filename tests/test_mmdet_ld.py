@@ -197,7 +197,7 @@ def test_a_student_that_cannot_learn_from_the_teacher_s_cache_is_refused(option,
 def test_a_teacher_without_edge_distributions_is_refused(random_teacher, shapes_root, tmp_path):
     result = _ldcache("dump-teacher", LD_CONFIG, random_teacher, "--out", tmp_path / "s.zarr", "--cfg-options",
                       "model.teacher_config=mmdet::retinanet/retinanet_r18_fpn_1x_coco.py")
-    assert "no GFL-style head with reg_max edge distributions" in _refusal(result)
+    assert "RetinaHead predicts no edge distributions" in _refusal(result)
 
 
 def test_train_student_says_what_an_ld_config_needs(random_teacher, shapes_root):

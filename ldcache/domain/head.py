@@ -38,6 +38,23 @@ def is_distribution_head(head) -> bool:
     return hasattr(head, "reg_max") and hasattr(head, "prior_generator") and hasattr(head, "integral")
 
 
+def uncacheable_reason(head) -> str | None:
+    """Why a store cannot hold this head's outputs yet, or None when it can: a head without edge
+    distributions, or a family whose geometry the store does not hold so far (points without
+    anchors, several anchors per location: docs/families.md)."""
+    name = type(head).__name__
+    if not is_distribution_head(head):
+        return (f"{name} predicts no edge distributions (GFL's reg_max bins): LD distils those, so a store "
+                "holds the outputs of distribution heads (GFLHead, LDHead, ATSSDistHead, GFLv2Head)")
+    if not hasattr(head.prior_generator, "octave_base_scale"):
+        return (f"{name} places points, not anchors: stores of point heads (FCOS) are not supported yet "
+                "(docs/families.md)")
+    if head.prior_generator.num_base_priors[0] != 1:
+        return (f"{name} has {head.prior_generator.num_base_priors[0]} anchors per location: stores of "
+                "multi-anchor heads (RetinaNet) are not supported yet (docs/families.md)")
+    return None
+
+
 def student_head_geometry(cfg: Config) -> HeadGeometry:
     """The head geometry of the student a config trains, from its head alone (no backbone built)."""
     from mmdet.registry import MODELS
@@ -51,8 +68,7 @@ def student_head_geometry(cfg: Config) -> HeadGeometry:
     except (KeyError, TypeError, ValueError, AssertionError) as err:  # a head type or argument mmdet refuses
         raise BadInputError(f"cannot build the student's head {head_cfg.get('type')} "
                             f"(model.bbox_head): {str(err).splitlines()[0][:300]}") from None
-    if not is_distribution_head(head):
-        raise BadInputError(f"the student's head {type(head).__name__} predicts no edge distributions (GFL's "
-                            "reg_max bins): LD distils those, and a store holds them for GFL-style heads only "
-                            "(GFLHead, LDHead)")
+    reason = uncacheable_reason(head)
+    if reason:
+        raise BadInputError(f"the student's head cannot be trained from a store: {reason}")
     return HeadGeometry.of_head(head)

@@ -8,7 +8,7 @@ from mmengine.config import Config
 
 from .. import checkpoint_trust
 from ..errors import BadInputError
-from .head import is_distribution_head
+from .head import uncacheable_reason
 
 DEFAULT_TOPK = 9  # mmdet's ATSSAssigner default, and every GFL config's
 
@@ -42,9 +42,9 @@ def build_teacher(cfg: Config, checkpoint: str | Path, device: str) -> torch.nn.
     model_cfg.get("backbone", {}).pop("init_cfg", None)  # weights come from the checkpoint
     model = MODELS.build(model_cfg)
     head = getattr(model, "bbox_head", None)
-    if head is None or not is_distribution_head(head):
-        raise BadInputError(f"the teacher ({type(model).__name__}) has no GFL-style head with reg_max "
-                            "edge distributions and an anchor generator; LD needs one (GFLHead, LDHead)")
+    reason = "it has no bbox_head" if head is None else uncacheable_reason(head)
+    if reason:
+        raise BadInputError(f"the teacher ({type(model).__name__}) cannot be dumped: {reason}")
     try:
         load_checkpoint(model, str(checkpoint), map_location="cpu", strict=True, logger="silent")
     except RuntimeError as err:  # strict loading: missing or unexpected keys, shapes that differ
@@ -56,8 +56,9 @@ def build_teacher(cfg: Config, checkpoint: str | Path, device: str) -> torch.nn.
 
 @torch.no_grad()
 def teacher_outputs(model: torch.nn.Module, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-level (cls_score [B, C, H, W], bbox_pred [B, 4*(reg_max+1), H, W]) for a collated batch."""
+    """Per-level (cls_score [B, C, H, W], bbox_pred [B, 4*(reg_max+1), H, W]) for a collated batch:
+    the head's first two outputs (a head's further outputs, such as ATSS's centerness, are not
+    distilled)."""
     data = model.data_preprocessor(batch, False)
-    feats = model.extract_feat(data["inputs"])
-    cls_scores, bbox_preds = model.bbox_head(feats)
-    return list(cls_scores), list(bbox_preds)
+    outputs = model.bbox_head(model.extract_feat(data["inputs"]))
+    return list(outputs[0]), list(outputs[1])

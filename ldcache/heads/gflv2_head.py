@@ -116,7 +116,8 @@ class GFLv2Head(EdgeDistributions, GFLHead):
         stats = probs.topk(self.reg_topk, dim=2).values
         if self.add_mean:
             stats = torch.cat([stats, stats.mean(dim=2, keepdim=True)], dim=2)
-        return stats.reshape(n, -1, h, w)
+        # The channel count spelled out: with no location (n = 0) a -1 could be any size.
+        return stats.reshape(n, 4 * stats.shape[2], h, w)
 
     def quality(self, bbox_pred: Tensor) -> Tensor:
         """The DGQP's quality Q of each location's box.

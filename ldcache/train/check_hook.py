@@ -13,7 +13,7 @@ from ..domain.ld_config import flip_probability
 from ..errors import BadInputError, StoreMismatchError
 from ..store.attrs import HeadGeometry, RegionAttrs
 from ..store.reader import StoreReader
-from .cached_ld_head import CachedLDHead
+from .cached_ld import CachedLD
 from .load_ld_targets import LoadLDTargets
 
 
@@ -148,5 +148,5 @@ class LDCacheCheckHook(Hook):
 
     def after_train_epoch(self, runner) -> None:
         head = _model(runner).bbox_head
-        if isinstance(head, CachedLDHead):
+        if isinstance(head, CachedLD):
             head.report_pending_row_checks()

@@ -13,6 +13,7 @@ from mmengine.config import Config, ConfigDict
 
 from ..domain.ld_config import is_ld_config, teacher_checkpoint, teacher_config_file, train_dataset
 from ..errors import BadInputError
+from .cached_ld import CachedLD
 
 LD_DETECTOR_KEYS = ("teacher_config", "teacher_ckpt", "eval_teacher")
 # LDHead's LD terms, as CachedLDHead names and normalises them.
@@ -62,9 +63,10 @@ def _as_student(cfg: Config, detector: str) -> list[str]:
                                      **({"loss_ld": loss_ld} if loss_ld else {}))
         changes.append(f"bbox_head: LDHead -> CachedLDHead, LDHead's terms and normalisation (Main LD "
                        f"{_describe(model.bbox_head.get('loss_ld'))} / 4; no VLR LD, no KD)")
-    elif head.type != "CachedLDHead":
-        raise BadInputError(f"{cfg.filename}: the student's head is {head.type}; ldcache distils GFL-style edge "
-                            "distributions through LDHead (mmdet's LD configs) or CachedLDHead")
+    elif not is_cached_ld_head(head.type):
+        raise BadInputError(f"{cfg.filename}: the student's head is {head.type}; ldcache distils edge "
+                            "distributions through LDHead (mmdet's LD configs) or a cached-LD head (CachedLDHead, "
+                            "CachedLDATSSHead, CachedLDGFLv2Head)")
     model.type = detector
     for key in LD_DETECTOR_KEYS:
         model.pop(key, None)
@@ -75,6 +77,14 @@ def _as_student(cfg: Config, detector: str) -> list[str]:
         cfg.runner_type = "LDCacheRunner"
         changes.append("runner: LDCacheRunner (mmengine's Runner; it signs its checkpoints to resume from them)")
     return changes
+
+
+def is_cached_ld_head(name: str) -> bool:
+    """Whether a registered head type carries ldcache's LD terms (a CachedLD head of any family)."""
+    from mmdet.registry import MODELS
+
+    head = MODELS.get(name)
+    return head is not None and issubclass(head, CachedLD)
 
 
 def _describe(loss: dict | None) -> str:

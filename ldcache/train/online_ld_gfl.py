@@ -1,7 +1,7 @@
 """OnlineLDGFL: a GFL detector that runs a teacher at every step, for comparison with cached LD.
 
 The teacher's outputs are cut into the same LDTargets the store holds (same regions, same rows),
-so online and cached LD share one loss code: CachedLDHead.
+so online and cached LD share one loss code: the head's CachedLD terms.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from ..store.targets import targets_from_rows
 
 @MODELS.register_module()
 class OnlineLDGFL(GFL):
-    """GFL with a CachedLDHead whose targets come from a live teacher.
+    """A single-stage detector with a cached-LD head (CachedLDHead, CachedLDATSSHead) whose targets
+    come from a live teacher.
 
     The teacher is kept out of the module tree: it is not trained, not in the optimizer, not
     saved in checkpoints, and moved to the student's device when first used. The rows are cut at
@@ -28,7 +29,7 @@ class OnlineLDGFL(GFL):
     Args:
         teacher_config (str): The teacher's mmdet config.
         teacher_ckpt (str): Its checkpoint (loaded weights-only unless ldcache wrote it).
-        **kwargs: GFL's arguments; ``bbox_head`` must be a ``CachedLDHead``.
+        **kwargs: GFL's arguments; ``bbox_head`` must be a cached-LD head.
     """
 
     def __init__(self, *args, teacher_config: str, teacher_ckpt: str, **kwargs):
@@ -52,7 +53,8 @@ class OnlineLDGFL(GFL):
             teacher.to(batch_inputs.device)
         with torch.no_grad():
             teacher.eval()
-            cls_scores, bbox_preds = teacher.bbox_head(teacher.extract_feat(batch_inputs))
+            # The head's first two outputs, as the dump stores them.
+            cls_scores, bbox_preds, *_ = teacher.bbox_head(teacher.extract_feat(batch_inputs))
         for i, sample in enumerate(batch_data_samples):
             pad = tuple(sample.pad_shape)
             grid = featmap_sizes(pad, self.strides)

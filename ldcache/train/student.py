@@ -9,7 +9,7 @@ from .. import checkpoint_trust
 from ..errors import BadInputError
 from ..domain.ld_config import is_ld_config, train_dataset
 from .check_hook import ld_stores_in_pipeline
-from .mmdet_ld import as_cached_student, as_online_student
+from .mmdet_ld import as_cached_student, as_online_student, is_cached_ld_head
 from .runner import runner_from_config
 
 
@@ -33,8 +33,9 @@ def use_cache(cfg: Config, store: str) -> None:
 
 def use_online_teacher(cfg: Config, teacher_config: Path, teacher_ckpt: Path) -> None:
     """Turn a cached-LD config into online LD: same head and losses, targets from a live teacher."""
-    if cfg.model.bbox_head.get("type") != "CachedLDHead":
-        raise BadInputError(f"{cfg.filename} does not use CachedLDHead; online LD runs through its losses")
+    if not is_cached_ld_head(cfg.model.bbox_head.get("type")):
+        raise BadInputError(f"{cfg.filename} does not use a cached-LD head (CachedLDHead, CachedLDATSSHead); "
+                            "online LD runs through its losses")
     for pipeline in _train_pipelines(cfg):
         pipeline[:] = [step for step in pipeline if step.get("type") != "LoadLDTargets"]
     cfg.custom_hooks = [h for h in cfg.get("custom_hooks", []) if h.get("type") != "LDCacheCheckHook"]
