@@ -149,7 +149,7 @@ def test_a_positive_without_a_row_in_the_last_step_is_reported_after_the_epoch(s
     from mmdet.utils import register_all_modules
     from mmengine.dataset import pseudo_collate
 
-    from ldcache.train import cached_ld_head
+    from ldcache.train import cached_ld
     from ldcache.train.check_hook import LDCacheCheckHook
 
     register_all_modules()
@@ -157,9 +157,9 @@ def test_a_positive_without_a_row_in_the_last_step_is_reported_after_the_epoch(s
     cfg.model.train_cfg.assigner.topk = topk  # 30 against the store's 9: positives the store has no row for
     student = MODELS.build(cfg.model)
     batch = student.data_preprocessor(pseudo_collate([DATASETS.build(cfg.train_dataloader.dataset)[0]]), True)
-    monkeypatch.setattr(cached_ld_head, "_counts_to_host",
-                        lambda counts: cached_ld_head._PendingCounts(counts, _CopyInFlight()))
-    monkeypatch.setattr(cached_ld_head, "get_dist_info", lambda: (1, 2))
+    monkeypatch.setattr(cached_ld, "_counts_to_host",
+                        lambda counts: cached_ld._PendingCounts(counts, _CopyInFlight()))
+    monkeypatch.setattr(cached_ld, "get_dist_info", lambda: (1, 2))
     student.loss(batch["inputs"], batch["data_samples"])  # the run's last step: nothing reported yet
     assert len(student.bbox_head._pending_counts) == 1
     hook, runner = LDCacheCheckHook(), SimpleNamespace(model=student)
