@@ -35,6 +35,7 @@ def test_json_summary_matches_the_store(shapes_store):
     group, ptr, masks, logits, per_level = _all_rows(shapes_store)
     assert summary["status"] == STATUS_COMPLETE and summary["format_version"] == FORMAT_VERSION
     assert summary["images"] == group["image_ids"].shape[0] and summary["image_views"] == ptr.shape[0]
+    assert summary["classes"] == ["star", "eff", "superstar"]  # the dataset's, in the teacher's order
     assert summary["rows_per_level"] == [len(rows) for rows in per_level]
     assert summary["rows_per_level_and_region"]["main"] == [
         int(((masks["flags"][rows] & FLAG_MAIN) > 0).sum()) for rows in per_level]

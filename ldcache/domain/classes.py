@@ -124,7 +124,7 @@ def checkpoint_classes(path: str | os.PathLike) -> tuple[str, ...] | None:
     return _names(meta.get("CLASSES"))
 
 
-def _listed(classes) -> str:
+def listed_classes(classes) -> str:
     """'2 classes (cat, dog)'; a long list is cut after SHOWN_NAMES names."""
     shown = ", ".join(classes[:SHOWN_NAMES]) + (", ..." if len(classes) > SHOWN_NAMES else "")
     return f"{len(classes)} class{'es' if len(classes) != 1 else ''} ({shown})"
@@ -149,7 +149,7 @@ def classes_difference(first, second, first_has: str = "the teacher was trained 
     first, second = tuple(str(c) for c in first), tuple(str(c) for c in second)
     if first == second:
         return None
-    head = f"{first_has} {_listed(first)} but {second_has} {_listed(second)}"
+    head = f"{first_has} {listed_classes(first)} but {second_has} {listed_classes(second)}"
     only_first = [c for c in first if c not in second]
     only_second = [c for c in second if c not in first]
     if not only_first and not only_second and len(first) == len(second):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import console
+from ..domain.classes import listed_classes
 from ..errors import BadInputError, StoreMismatchError
 from ..store.filesystem import store_bytes_on_disk
 from ..store.format import FLAG_MAIN, REGION_FLAGS, VLR_METRICS
@@ -24,6 +25,7 @@ def store_summary(reader: StoreReader) -> dict:
         "store": str(reader.path), "format_version": attrs.ldcache_format, "status": attrs.status,
         "teacher_config": attrs.teacher.config, "teacher_checkpoint": attrs.teacher.checkpoint,
         "checkpoint_sha256": attrs.teacher.checkpoint_sha256,
+        "classes": list(attrs.dataset.classes),
         "images": len(reader.image_ids), "views": [v.name for v in attrs.views],
         "image_views": reader.num_records, "region_mode": attrs.region.mode,
         "gamma": attrs.region.gamma, "strides": list(attrs.head.strides),
@@ -39,6 +41,7 @@ def print_summary(summary: dict) -> None:
         ("format / status", f"v{summary['format_version']} / {summary['status']}"),
         ("teacher", f"{summary['teacher_config']}\n{summary['teacher_checkpoint']} "
                     f"(sha256 {summary['checkpoint_sha256'][:12]}...)"),
+        ("classes", listed_classes(summary["classes"])),
         ("images x views", f"{summary['images']} x {len(summary['views'])} ({', '.join(summary['views'])}) "
                            f"= {summary['image_views']}"),
         ("region mode, gamma", f"{summary['region_mode']}, {summary['gamma']}"),
