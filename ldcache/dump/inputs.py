@@ -50,9 +50,13 @@ def _from_ld_config(cfg, request: DumpRequest, options: dict) -> tuple[DumpOptio
     teacher_config = teacher_config_file(cfg)
     checkpoint = teacher_checkpoint(cfg, request.checkpoint)
     ann_file, img_dir = _data_files(cfg, request)
-    scale, flip = (request.scales[0], True) if request.scales else train_views(cfg)
-    scales = request.scales or [scale]
-    flip = flip if request.flip is None else request.flip
+    if request.scales:
+        scales, flip = request.scales, True
+    else:
+        scale, flip = train_views(cfg)
+        scales = [scale]
+    if request.flip is not None:
+        flip = request.flip
     topk = assigner_topk(cfg)
     opts = DumpOptions(teacher_config, checkpoint, ann_file, img_dir, views=parse_views(scales, flip), topk=topk,
                        classes=train_classes(cfg), student_geometry=student_head_geometry(cfg), **options)
