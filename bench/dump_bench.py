@@ -18,11 +18,27 @@ logits stored raw, without compression).
     python bench/dump_bench.py --teacher configs/coco/gfl_r101_fpn_ms-2x_coco_teacher.py --images 8
     python bench/dump_bench.py --variants default     # overhead, fidelity and read of the default only
     python bench/dump_bench.py --checkpoint work_dirs/experiment/teacher/epoch_12.pth   # trained shapes teacher
+    python bench/dump_bench.py --family all --images 4   # figure 2 only, per head family (below)
+
+`--family` (gfl, retina, fcos, atss, gflv2, or all) measures the size figure alone, per head family:
+each family's COCO teacher config (configs/coco/*_r101_*teacher.py), randomly initialised with 80
+classes, at COCO geometry, its rows per image-view split into Main and VLR, and its bytes per
+image-view for each size variant against dense fp16 (raw, not dumped) and against GFL. The bytes
+depend on the head's outputs (priors per location, bins, classes) and on the region rows, not on
+the backbone: by default the R101 backbone is replaced by a ResNet-18 (`--family-backbone-depth`,
+the FPN's in_channels to match) so that all five families run in minutes on a CPU; the FPN and the
+head keep the config's widths. The teacher runs once per family: its outputs for an image-view are
+kept in memory and reused by the dumps of the other variants (the same weights give the same
+outputs). Dense fp16 is computed, locations x priors per location x values x 2 bytes (the dump's
+own summary counts locations only). The overhead, fidelity and reading figures are not measured in
+this mode.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +57,19 @@ VARIANTS = {
     "q8_main_cls_diou": {"dtype": "q8", "vlr_class_logits": False, "vlr_metrics": ("diou",)},
     "dense": {"region": "dense"},
 }
+
+# --family: each family's COCO teacher, and the variants measured for it by default (dense is not
+# dumped: its raw fp16 size is computed, "vs dense fp16").
+FAMILIES = {
+    "gfl": "configs/coco/gfl_r101_fpn_ms-2x_coco_teacher.py",
+    "retina": "configs/coco/retina_dist_r101_fpn_2x_coco_teacher.py",
+    "fcos": "configs/coco/fcos_dist_r101_fpn_2x_coco_teacher.py",
+    "atss": "configs/coco/atss_dist_r101_fpn_2x_coco_teacher.py",
+    "gflv2": "configs/coco/gflv2_dist_r101_fpn_2x_coco_teacher.py",
+}
+FAMILY_VARIANTS = ("default", "q8", "q8_main_cls", "q8_main_cls_official", "q8_main_cls_diou")
+RESNET_STAGE_CHANNELS = {18: [64, 128, 256, 512], 34: [64, 128, 256, 512],
+                         50: [256, 512, 1024, 2048], 101: [256, 512, 1024, 2048]}
 
 # COCO train2017: about 7.3 boxes per image; 41% small (< 32^2), 34% medium, 24% large (> 96^2).
 COCO_SIZE_MIX = ((0.41, 8, 32), (0.34, 32, 96), (0.25, 96, 400))
@@ -88,14 +117,18 @@ def make_coco_geometry_set(root: Path, num_images: int, classes: tuple[str, ...]
     return ann, root / "images"
 
 
-def random_teacher_checkpoint(config: Path, out: Path, classes: tuple[str, ...]) -> Path:
-    """A random-weight teacher of this architecture for `classes`: its checkpoint and config."""
+def random_teacher_checkpoint(config: Path, out: Path, classes: tuple[str, ...],
+                              cfg_options: dict | None = None) -> Path:
+    """A random-weight teacher of this architecture for `classes`: its checkpoint and config
+    (`cfg_options` merged into it and written with it)."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
 
     register_all_modules()
     cfg = Config.fromfile(str(config))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
     cfg.model.bbox_head.num_classes = len(classes)
     cfg.model.backbone.init_cfg = None
     cfg.train_dataloader.dataset.metainfo = dict(classes=classes)
@@ -180,17 +213,186 @@ def extra_class_bytes(path: Path, num_classes: int) -> float:
     return rows * (num_classes - reader.num_classes) * itemsize / reader.num_records
 
 
+@contextlib.contextmanager
+def teacher_outputs_reused():
+    """Within it, the dumps' teacher pass runs the teacher once per image-view (image, flip, input
+    shape) and returns the kept outputs to the later dumps of the same image-view: the variants of
+    one family differ in what they store, not in the teacher's outputs, and a COCO-geometry forward
+    pass takes seconds on a CPU. The loading, gathering, encoding and writing all run as usual."""
+    import ldcache.dump.teacher_pass as teacher_pass
+
+    original, kept = teacher_pass.teacher_outputs, {}
+
+    def outputs(model, batch):
+        key = tuple((s.img_path, bool(s.metainfo.get("flip", False)), tuple(s.img_shape))
+                    for s in batch["data_samples"])
+        if key not in kept:
+            kept[key] = original(model, batch)
+        return kept[key]
+
+    teacher_pass.teacher_outputs = outputs
+    try:
+        yield
+    finally:
+        teacher_pass.teacher_outputs = original
+
+
+def region_rows(path: Path) -> dict:
+    """A store's rows per image-view: Main, and VLR rows outside Main (by either stored metric,
+    and by each)."""
+    from ldcache.store.format import FLAG_MAIN, FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL, MASK_DTYPE
+    from ldcache.store.reader import StoreReader
+
+    reader = StoreReader(path)
+    flags = np.ascontiguousarray(reader.group["masks"][:]).view(MASK_DTYPE)["flags"].reshape(-1)
+    not_main, n = (flags & FLAG_MAIN) == 0, reader.num_records
+    return {"main": round(int((~not_main).sum()) / n, 1),
+            "vlr": round(int((not_main & ((flags & (FLAG_VLR_OFFICIAL | FLAG_VLR_DIOU)) > 0)).sum()) / n, 1),
+            "vlr_official": round(int((not_main & ((flags & FLAG_VLR_OFFICIAL) > 0)).sum()) / n, 1),
+            "vlr_diou": round(int((not_main & ((flags & FLAG_VLR_DIOU) > 0)).sum()) / n, 1)}
+
+
+def dense_fp16_bytes(path: Path) -> int:
+    """Raw fp16 bytes of every prior's outputs over a store's image-views: locations x priors per
+    location x values. (The dump's summary counts locations only, so it leaves out all priors but
+    one of a head with several per location, such as RetinaNet's 9.)"""
+    from ldcache.domain.grid import featmap_sizes
+    from ldcache.store.reader import StoreReader
+
+    reader = StoreReader(path)
+    head = reader.attrs.head
+    locations = sum(int(np.prod(size)) for pad in reader.group["pad_shape"][:]
+                    for size in featmap_sizes(tuple(pad), head.strides))
+    return locations * head.num_base_priors * reader.attrs.value_codec().num_values * 2
+
+
+def array_bytes(path: Path, image_views: int) -> dict:
+    """A local store's bytes per image-view in its mask rows, its logit rows and all the rest."""
+    sizes = {child.name: sum(f.stat().st_size for f in child.rglob("*") if f.is_file())
+             for child in Path(path).iterdir() if child.is_dir()}
+    total = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    masks, logits = sizes.get("masks", 0), sizes.get("logits", 0)
+    return {"masks": round(masks / image_views), "logits": round(logits / image_views),
+            "rest": round((total - masks - logits) / image_views)}
+
+
+def family_sizes(family: str, work: Path, ann: Path, img_dir: Path, views, variants: dict,
+                 backbone_depth: int) -> dict:
+    """The size figure for one head family: a random-weight teacher of its COCO config (80
+    classes; the backbone a ResNet of `backbone_depth`), dumped once per variant."""
+    from ldcache.dump.run import DumpOptions, run_dump
+    from ldcache.store.reader import StoreReader
+
+    started = time.perf_counter()
+    options = None
+    if backbone_depth != 101:
+        options = {"model.backbone.depth": backbone_depth,
+                   "model.neck.in_channels": RESNET_STAGE_CHANNELS[backbone_depth]}
+    family_work = work / family
+    family_work.mkdir(parents=True, exist_ok=True)
+    checkpoint = family_work / "teacher.pth"
+    config = random_teacher_checkpoint(REPO / FAMILIES[family], checkpoint, COCO_CLASSES, options)
+    results = {}
+    with teacher_outputs_reused():
+        for name, fields in variants.items():
+            out = family_work / f"store-{name}"
+            opts = DumpOptions(config, checkpoint, ann, img_dir, out, views, workers=2, block_size=8, **fields)
+            summary = run_dump(opts).to_dict()
+            image_views = summary["image_views"]
+            dense = dense_fp16_bytes(out) / image_views
+            results[name] = {"rows_per_image_view": round(sum(summary["rows_per_level"]) / image_views, 1),
+                             "bytes_per_image_view": round(summary["bytes_per_image_view"]),
+                             "vs_dense_fp16": round(dense / summary["bytes_per_image_view"], 1),
+                             "dump_summary_vs_dense_fp16": round(summary["compression_vs_dense_fp16"], 1),
+                             "bytes_per_image_view_by_array": array_bytes(out, image_views)}
+            if name == "default":
+                rows, priors = region_rows(out), StoreReader(out).attrs.head.num_base_priors
+            shutil.rmtree(out, ignore_errors=True)  # measured: the next family's stores need the room
+    checkpoint.unlink()
+    return {"config": FAMILIES[family],
+            "backbone": f"ResNet-{backbone_depth}" + ("" if backbone_depth == 101 else " (the config's R101 replaced)"),
+            "priors_per_location": priors, "rows_per_image_view_default": rows,
+            "dense_fp16_raw_bytes_per_image_view": round(dense),
+            "variants": results, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def family_table(families: dict) -> str:
+    """The families' sizes as a markdown table: KB per image-view (1 KB = 1000 bytes), and in
+    brackets the ratio to GFL's store of the same variant."""
+    names = list(next(iter(families.values()))["variants"])
+    gfl = families.get("gfl")
+    head = ["family", "priors / location", "rows per image-view, Main / VLR",
+            *[f"`{n}` KB" for n in names], "dense fp16 raw, KB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for family, f in families.items():
+        cells = [family, str(f["priors_per_location"]),
+                 f"{f['rows_per_image_view_default']['main']:,.0f} / {f['rows_per_image_view_default']['vlr']:,.0f}"]
+        for n in names:
+            size = f["variants"][n]["bytes_per_image_view"]
+            ratio = f" ({size / gfl['variants'][n]['bytes_per_image_view']:.2f}x)" if gfl and family != "gfl" else ""
+            cells.append(f"{size / 1e3:,.1f}{ratio}")
+        cells.append(f"{f['dense_fp16_raw_bytes_per_image_view'] / 1e3:,.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main_families(args, work: Path) -> None:
+    """--family: the size figure alone, per head family."""
+    from ldcache.domain.views import parse_views
+
+    families = list(FAMILIES) if "all" in args.family else [f for f in FAMILIES if f in args.family]
+    names = args.variants or FAMILY_VARIANTS
+    variants = {name: VARIANTS[name] for name in VARIANTS if name == "default" or name in names}
+    ann, img_dir = make_coco_geometry_set(work / "data", args.images, COCO_CLASSES)
+    views = parse_views([tuple(int(v) for v in args.scale.split("x"))], flip=True)
+    started = time.perf_counter()
+    results = {family: family_sizes(family, work, ann, img_dir, views, variants, args.family_backbone_depth)
+               for family in families}
+    print(json.dumps({
+        "mode": "size per head family", "weights": "random", "classes": len(COCO_CLASSES),
+        "images": args.images, "image_views": args.images * len(views), "input": args.scale,
+        "note": ("random-weight logits compress differently from a trained teacher's (noise of a small "
+                 "range, not peaked, smooth edge distributions); rows do not depend on the weights. "
+                 f"Backbone ResNet-{args.family_backbone_depth} for every family (bytes depend on the head's "
+                 "outputs and the regions, not on the backbone). Each family's teacher ran once per "
+                 "image-view, its outputs reused by every variant's dump."),
+        "seconds": round(time.perf_counter() - started, 1),
+        "families": results,
+    }, indent=2))
+    print()
+    print(family_table(results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, default=REPO / "configs/tiny/gfl_r34_tiny_teacher.py")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="a trained checkpoint of --teacher (default: random weights, 80 classes)")
-    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--images", type=int, default=None, help="synthetic images (default 16; 4 with --family)")
     parser.add_argument("--scale", default="1333x800")
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="dump options to measure; 'default' is always measured (the overhead uses it)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
+                        help="dump options to measure (default: all; with --family all but dense); "
+                             "'default' is always measured (the overhead uses it)")
+    parser.add_argument("--family", nargs="+", choices=[*FAMILIES, "all"], default=None,
+                        help="measure the size figure alone for these head families' COCO teachers "
+                             "(random weights, 80 classes), instead of --teacher's four figures")
+    parser.add_argument("--family-backbone-depth", type=int, choices=sorted(RESNET_STAGE_CHANNELS), default=18,
+                        help="with --family: the ResNet depth put in place of the configs' R101 (the "
+                             "bytes do not depend on it; 101 keeps the configs' own)")
     args = parser.parse_args()
+    if args.images is None:
+        args.images = 4 if args.family else 16
+    if args.family:
+        if args.checkpoint:
+            parser.error("--checkpoint applies to --teacher, not to --family (random weights)")
+        work = args.workdir or Path(tempfile.mkdtemp(prefix="ldcache-bench-"))
+        work.mkdir(parents=True, exist_ok=True)
+        main_families(args, work)
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    args.variants = args.variants or list(VARIANTS)
     variants = {name: VARIANTS[name] for name in VARIANTS if name == "default" or name in args.variants}
 
     from ldcache.domain.ld_config import load_config

@@ -219,7 +219,8 @@ def measure_stages(work: Path, images: int, variant: str, store: Path) -> dict:
     from ldcache.domain.regions import compute_regions
     from ldcache.domain.rows import RegionRowMaker, gather_logits
     from ldcache.domain.ld_config import load_config, train_classes
-    from ldcache.domain.teacher import assigner_topk, build_teacher
+    from ldcache.domain.region_rule import region_rule
+    from ldcache.domain.teacher import build_teacher
     from ldcache.domain.views import boxes_in_view, parse_views, view_geometry
     from ldcache.dump.scan import scan_dataset
     from ldcache.dump.teacher_pass import ViewDataset, _collate
@@ -232,7 +233,8 @@ def measure_stages(work: Path, images: int, variant: str, store: Path) -> dict:
     strides = [int(s[0]) for s in head.prior_generator.strides]
     scan = scan_dataset(work / f"data/instances-{images}.json", work / "data/images", train_classes(cfg))
     records = [(e, v) for e in scan.images for v in parse_views([(1333, 800)], flip=True)]
-    maker = RegionRowMaker(head.prior_generator, strides, "distill", 0.25, assigner_topk(cfg),
+    rule = region_rule(head)
+    maker = RegionRowMaker(head.prior_generator, strides, "distill", 0.25, rule,
                            tuple(fields.get("vlr_metrics", ("official", "diou"))))
     codec = ValueCodec(fields.get("dtype", "fp16"), head.reg_max + 1, head.num_classes)
     dataset, teacher = ViewDataset([(i, e, v) for i, (e, v) in enumerate(records)]), _stand_in_teacher()
@@ -244,7 +246,7 @@ def measure_stages(work: Path, images: int, variant: str, store: Path) -> dict:
         boxes = boxes_in_view(entry.boxes, geo)
         anchors, counts = maker.anchors(geo.pad_shape)
         _timed(totals, "compute_regions (inside region rows)", compute_regions, anchors, list(counts), boxes.float(),
-               0.25, assigner_topk(cfg))
+               0.25, rule.topk)
         levels = _timed(totals, "region rows (RegionRowMaker.rows, pass 1)", maker.rows, boxes, geo.pad_shape)
         cls_scores, bbox_preds = teacher(model, _collate([dataset[i]])[1])
         grid = featmap_sizes(tuple(geo.pad_shape), strides)

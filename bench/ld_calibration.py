@@ -43,7 +43,7 @@ def pair_sums(rng: np.random.Generator, maker, metric: int) -> tuple[int, float]
         xywh = coco_geometry_boxes(rng, scale=COCO_RESIZE)
         boxes = torch.tensor(np.c_[xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dtype=torch.float32)
         anchors, counts = maker.anchors((800, 1344))
-        regions = compute_regions(anchors, list(counts), boxes, gamma=maker.gamma, topk=maker.topk)
+        regions = compute_regions(anchors, list(counts), boxes, gamma=maker.gamma, topk=maker.rule.topk)
         main_rows += int(regions.main.sum())
         vlr_weight += float(regions.weight_at(maker.gamma)[:, metric].sum())
     return main_rows, vlr_weight
@@ -57,7 +57,7 @@ def coco_sums(pairs: int = 200, metric: str = "official", seed: int = 0) -> dict
     from ldcache.store.format import VLR_METRICS
 
     generator = AnchorGenerator(strides=STRIDES, ratios=[1.0], octave_base_scale=8, scales_per_octave=1)
-    maker = RegionRowMaker(generator, STRIDES, gamma=0.25, topk=9)
+    maker = RegionRowMaker(generator, STRIDES, gamma=0.25)
     rng = np.random.default_rng(seed)
     sums = [pair_sums(rng, maker, VLR_METRICS.index(metric)) for _ in range(pairs)]
     return {"pairs": pairs, "main_rows": statistics.mean(m for m, _ in sums),

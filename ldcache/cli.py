@@ -42,10 +42,11 @@ def _parse_scale(text: str) -> tuple[int, int]:
 def dump_teacher(
     config: str = typer.Argument(
         ..., metavar="CONFIG",
-        help="The teacher's mmdet config (GFL family), or an LD config: one of mmdet's configs/ld/ "
+        help="The teacher's mmdet config (a head with edge distributions: GFL, ldcache's RetinaNet, FCOS, ATSS "
+             "and GFLv2 heads, docs/families.md), or an LD config: one of mmdet's configs/ld/ "
              "(mmdet::ld/ld_r18-gflv1-r101_fpn_1x_coco.py) or a config inheriting one. An LD config gives the "
              "teacher (model.teacher_config, teacher_ckpt), the train data, the views (its train Resize and "
-             "RandomFlip) and the Main region (its student's ATSS topk)."),
+             "RandomFlip) and the regions (its student's assigner and family)."),
     checkpoint: Optional[str] = typer.Argument(
         None, metavar="[CHECKPOINT]", help="The teacher's checkpoint (loaded weights-only unless ldcache wrote it); "
                                            "for an LD config, instead of its teacher_ckpt. Same as --teacher-ckpt."),
@@ -258,14 +259,19 @@ def inspect(
     level: Optional[int] = typer.Option(None, "--level", help="FPN level index, 0 = P3."),
     at: Optional[str] = typer.Option(None, "--at", help="X,Y location: image pixels of the view (or grid cells with --grid)."),
     grid: bool = typer.Option(False, "--grid", help="Read --at as level-grid coordinates."),
+    anchor: Optional[int] = typer.Option(
+        None, "--anchor", help="Anchor index at a location, 0..priors per location - 1 (RetinaNet: 0..8; see the "
+                               "summary): with --at, that anchor's row; without, the most ambiguous row of that "
+                               "anchor. Default: the most ambiguous of the location's rows."),
     tau: float = typer.Option(1.0, "--tau", help="Temperature of the shown distributions (LD trains at 10)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: the image figure with --image, histograms with --stats."),
     stats: bool = typer.Option(False, "--stats", help="Dataset-wide entropy and rows-per-image-view histograms, recomputed from every stored chunk (dask, streamed). The summary reads the statistics the dump stored instead."),
 ) -> None:
     """Browse a store: summary, per-location edge distributions, ambiguity plots, statistics.
 
-    Without --image or --stats: the summary. With --image: its rows per level and one location's
-    four edge distributions (--at, or the most ambiguous Main location).
+    Without --image or --stats: the summary. With --image: its rows per level and one row's four
+    edge distributions (--at and --anchor, or the most ambiguous Main row); with several anchors per
+    location, the row's anchor index and the other anchors stored at its location.
     """
     from .inspect import report
     from .inspect.stats import store_statistics
@@ -274,7 +280,7 @@ def inspect(
     try:
         reader = StoreReader(store)
         if image is not None:
-            _inspect_image(reader, image, view, level, at, grid, tau, plot, as_json)
+            _inspect_image(reader, image, view, level, at, grid, anchor, tau, plot, as_json)
             return
         if plot and not stats:
             _fail("--plot needs --image ID (the image figure) or --stats (the histograms)")
@@ -301,18 +307,19 @@ def _parse_location(at: str) -> tuple[float, float]:
     return x, y
 
 
-def _inspect_image(reader, image, view, level, at, grid, tau, plot, as_json) -> None:
+def _inspect_image(reader, image, view, level, at, grid, anchor, tau, plot, as_json) -> None:
     from .inspect import report
 
     report.check_level(reader, level)
+    report.check_anchor(reader, anchor)
     record = reader.record_index(image, view)
     targets = reader.read_record(record)
     if at is not None:
-        focus = report.locate(reader, record, targets, _parse_location(at), level, grid)
+        focus = report.locate(reader, record, targets, _parse_location(at), level, grid, anchor)
     else:
-        focus = report.most_ambiguous(targets, level)
+        focus = report.most_ambiguous(targets, level, anchor)
     result = {"image": report.image_report(reader, record, targets),
-              "location": report.location_report(reader, record, targets, *focus, tau)}
+              "location": report.location_report(reader, record, targets, focus, tau)}
     if plot:
         from .inspect.plots import plot_image
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -154,12 +155,13 @@ def synthetic_attrs(num_classes: int, records: int, chunk_rows: int, dtype: str 
 
     return StoreAttrs(
         ldcache_format=FORMAT_VERSION, status=STATUS_CREATED, fingerprint="synthetic",
-        teacher=TeacherAttrs("none", "0", "none", "0"),
+        teacher=TeacherAttrs("none", "0", "none", "0", "GFLHead"),
         head=HeadGeometry(num_classes, 16, (8, 16, 32, 64, 128), 8.0, 1, (1.0,), 0.0, 1, -1),
         grid=GridAttrs(32, "horizontal"),
         dataset=DatasetAttrs("none", "0", "none", tuple(f"class{i}" for i in range(num_classes))),
         views=(ViewAttrs("synthetic", (320, 320), False),),
-        region=RegionAttrs("distill", 0.25, 9, ("official", "diou")), values=ValuesAttrs(dtype, True),
+        region=RegionAttrs("distill", 0.25, 9, ("official", "diou"), {"type": "ATSSAssigner", "topk": 9}, "band"),
+        values=ValuesAttrs(dtype, True),
         layout=LayoutAttrs(64, chunk_rows, chunk_rows, records, 1))
 
 
@@ -168,21 +170,40 @@ def synthetic_store(path, counts, num_classes: int = 3, chunk_rows: int = 512, b
     """A finished one-view store of random rows laid out from per-record row counts [N, L], written
     block by block as a dump writes it (no teacher, no images); returns (path, masks, values) with
     every row's MASK_DTYPE entry and stored values."""
-    import dataclasses
+    from ldcache.store.format import MASK_DTYPE
+    from ldcache.store.layout import block_row_starts
 
+    rng = np.random.default_rng(seed)
+    counts = np.asarray(counts)
+    attrs = synthetic_attrs(num_classes, len(counts), chunk_rows, dtype)
+    attrs = dataclasses.replace(attrs, layout=dataclasses.replace(attrs.layout, block_size=block_size))
+    # Rows in the store's row order: the layout may leave rows between blocks.
+    ptr, _, _ = block_row_starts(counts, block_size, chunk_rows)
+    rows = int(ptr[-1, -1]) if len(counts) else 0
+    masks = np.zeros(rows, dtype=MASK_DTYPE)
+    masks["flags"] = rng.integers(1, 8, rows)
+    masks["loc"] = rng.integers(0, 1600, rows)
+    codec = attrs.value_codec()
+    values = codec.decode(codec.encode(rng.normal(0, 3, (rows, codec.num_values)).astype(np.float32)))
+    finished_store(path, attrs, counts, masks, values, f"synthetic-{seed}")
+    return path, masks, values
+
+
+def finished_store(path, attrs, counts, masks, values, completion_id: str = "synthetic"):
+    """Lay out a one-view store of per-record row counts [N, L] (image ids 1, 4, 7, ..., 320 px,
+    no GT boxes) with `attrs`, and write its MASK_DTYPE rows `masks` and their `values` (in the
+    store's row order, as the layout places them) block by block as pass 2 does (rows, statistics,
+    done flag), then finish it."""
     from ldcache.store.attrs import DumpSummary
-    from ldcache.store.format import MASK_DTYPE, PROGRESS
+    from ldcache.store.format import PROGRESS
     from ldcache.store.layout import BlockMap, block_row_starts
     from ldcache.store.statistics import rows_statistics
     from ldcache.store.writer import create_store, finish_store, writable
 
-    rng = np.random.default_rng(seed)
     counts = np.asarray(counts)
     records = len(counts)
-    ptr, total, shard_rows = block_row_starts(counts, block_size, chunk_rows)
-    attrs = synthetic_attrs(num_classes, records, chunk_rows, dtype)
-    attrs = dataclasses.replace(attrs, layout=dataclasses.replace(attrs.layout, block_size=block_size,
-                                                                  shard_rows=shard_rows))
+    ptr, total, shard_rows = block_row_starts(counts, attrs.layout.block_size, attrs.layout.chunk_rows)
+    attrs = dataclasses.replace(attrs, layout=dataclasses.replace(attrs.layout, shard_rows=shard_rows))
     meta = {"image_ids": np.arange(records, dtype=np.int64) * 3 + 1,
             "image_files": np.full((records, 4), 97, np.uint8),
             "gt_ptr": np.zeros(records + 1, np.int64), "gt_boxes": np.zeros((0, 4), np.float32),
@@ -191,23 +212,17 @@ def synthetic_store(path, counts, num_classes: int = 3, chunk_rows: int = 512, b
     group = create_store(path, attrs, ptr, total, meta)
     codec = attrs.value_codec()
     blocks = BlockMap.of_store(ptr, attrs)
-    rows = int(ptr[-1, -1]) if records else 0
-    masks = np.zeros(rows, dtype=MASK_DTYPE)
-    masks["flags"] = rng.integers(1, 8, rows)
-    masks["loc"] = rng.integers(0, 1600, rows)
-    values = codec.decode(codec.encode(rng.normal(0, 3, (rows, codec.num_values)).astype(np.float32)))
     done, block_stats = (writable(group, f"{PROGRESS}/{name}") for name in ("done", "block_stats"))
     for block in range(blocks.num_blocks):
         start, end = blocks.rows(block)
-        if end > start:  # as pass 2 writes a block: rows, statistics, done flag
+        if end > start:
             writable(group, "masks")[start:end] = masks[start:end].view(np.uint8).reshape(end - start, -1)
             writable(group, "logits")[start:end] = codec.encode(values[start:end])
             block_stats[block] = rows_statistics(masks["flags"][start:end], values[start:end], ptr, start, codec.bins)
         done[block] = 1
     summary = DumpSummary(records, 1, records, 0, 0, 0, tuple(int(n) for n in counts.sum(axis=0)), 0, 0.0, 0, 0.0,
-                          0.0, f"synthetic-{seed}")
+                          0.0, completion_id)
     finish_store(path, group, attrs, blocks, summary)
-    return path, masks, values
 
 
 @contextmanager

@@ -1,5 +1,8 @@
 """inspect: the JSON summary against the store, pictures, locations, errors, streamed statistics."""
+import dataclasses
 import json
+import os
+import re
 import shutil
 import subprocess
 import tracemalloc
@@ -9,14 +12,16 @@ import pytest
 import zarr
 from PIL import Image
 
-from conftest import BIN, synthetic_store
+from conftest import BIN, finished_store, synthetic_attrs, synthetic_store
 from ldcache.store.format import FLAG_MAIN, FORMAT_VERSION, MASK_DTYPE, REGION_FLAGS, STATUS_COMPLETE
 from ldcache.inspect.stats import statistics_graph, store_statistics
 from ldcache.store.statistics import ENTROPY_BINS, edge_entropy, entropy_bin_edges
 
 
 def _inspect(*args):
-    return subprocess.run([str(BIN / "ldcache"), "inspect", *map(str, args)], capture_output=True, text=True)
+    """`ldcache inspect ARGS`, 200 columns wide: no report line wraps."""
+    return subprocess.run([str(BIN / "ldcache"), "inspect", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"})
 
 
 def _all_rows(store):
@@ -55,6 +60,9 @@ def test_image_plot_is_a_png_of_the_expected_size(shapes_store, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Image.open(out).size == (4 * 6 * 100, 8 * 100)  # 5 levels + the picture, dpi 100
     assert "left edge" in result.stdout and "top classes" in result.stdout
+    # One anchor per location: no anchor index, no list of a location's rows, no locations column.
+    assert not re.search(r"anchor \d+/", result.stdout) and "rows at this location" not in result.stdout
+    assert "locations" not in result.stdout
 
 
 def test_stats_plot_and_json(shapes_store, tmp_path):
@@ -79,6 +87,8 @@ def test_location_report_at_a_main_location(shapes_store):
     assert result.returncode == 0, result.stderr[-2000:]
     location = json.loads(result.stdout)["location"]
     assert location["image_xy"] == [x, y] and "main" in location["regions"]
+    assert (location["loc"], location["prior"], location["priors_per_location"]) == (int(main["loc"]), 0, 1)
+    assert [row["prior"] for row in location["location_rows"]] == [0] and location["vlr_rule"] == "band"
     for probs in location["edge_distributions"].values():
         assert sum(probs) == pytest.approx(1.0, abs=1e-9) and len(probs) == 17
 
@@ -145,10 +155,10 @@ def test_a_location_near_the_right_edge_stays_in_its_row():
     rows = [np.zeros(2, MASK_DTYPE)] + [np.zeros(0, MASK_DTYPE)] * 4
     rows[0]["loc"] = [3 * 40 + 39, 4 * 40]
     targets = targets_from_rows(rows, np.zeros((2, 68 + 3), np.float32), grid, 3)
-    reader = SimpleNamespace(img_shape={0: (320, 320)}, strides=(8, 16, 32, 64, 128))
+    reader = SimpleNamespace(img_shape={0: (320, 320)}, strides=(8, 16, 32, 64, 128),
+                             attrs=SimpleNamespace(head=SimpleNamespace(center_offset=0.0)))
     for x in (312.0, 316.0, 319.0):  # nearest anchor points 39, 39.5 -> 40 (past the grid), 39.9 -> 40
-        level, row = locate(reader, 0, targets, (x, 24.0), 0, grid=False)
-        assert (level, int(rows[0]["loc"][row])) == (0, 3 * 40 + 39), x
+        assert locate(reader, 0, targets, (x, 24.0), 0, grid=False) == (0, 3 * 40 + 39, 0), x
 
 
 def test_stats_without_json_prints_the_statistics_computed_once(shapes_store, monkeypatch):
@@ -255,3 +265,174 @@ def test_a_block_task_gets_only_its_own_row_pointers(tmp_path, monkeypatch):
     assert len(seen) == len(blocks) and all(any(np.array_equal(b, s) for s in seen) for b in blocks)
     assert not any(np.shares_memory(block_ptr, ptr) for block_ptr in seen)
     assert total[:, ENTROPY_BINS + 1].sum() == (ptr[:, -1] - ptr[:, 0]).sum()
+
+
+RETINA_MAIN = {"type": "MaxIoUAssigner", "pos_iou_thr": 0.5, "neg_iou_thr": 0.4, "min_pos_iou": 0,
+               "ignore_iof_thr": -1}
+FCOS_MAIN = {"type": "FCOSCenterSampling", "center_sampling": True, "center_sample_radius": 1.5,
+             "regress_ranges": [[-1.0, 64.0], [64.0, 128.0], [128.0, 256.0], [256.0, 512.0], [512.0, 1e8]]}
+# The location the family tests look at: level 0 (stride 8, a 40 x 40 grid at 320 px), cell (12, 30).
+CELL, LOC = (12, 30), 30 * 40 + 12
+
+
+def _family_store(path, level_rows, values, teacher_head="RetinaDistHead", priors=9, main=RETINA_MAIN,
+                  vlr="band_without_main"):
+    """A finished store of one image-view (image id 1, 320 px) of a head with `priors` anchors per
+    location (one point with the 'inside_gt' rule) and these region rules, holding the MASK_DTYPE
+    rows per level `level_rows` and their `values` [R, 68 + 3]; no teacher, no images. Returns the
+    StoreReader."""
+    from ldcache.store.reader import StoreReader
+
+    attrs = synthetic_attrs(3, 1, 512)
+    points = vlr == "inside_gt"
+    head = dataclasses.replace(attrs.head, num_base_priors=priors, priors="points" if points else "anchors",
+                               center_offset=0.5 if points else 0.0, octave_base_scale=0.0 if points else 4.0,
+                               scales_per_octave=1 if points else 3)
+    attrs = dataclasses.replace(attrs, teacher=dataclasses.replace(attrs.teacher, head=teacher_head), head=head,
+                                region=dataclasses.replace(attrs.region, main=main, vlr=vlr))
+    finished_store(path, attrs, [[len(rows) for rows in level_rows]], np.concatenate(level_rows), values, "family")
+    return StoreReader(path)
+
+
+def _rows(level_rows: list[list[tuple[int, int, int]]]) -> list[np.ndarray]:
+    """Per level, MASK_DTYPE rows of (loc, prior, flags), VLR data zero."""
+    out = []
+    for rows in level_rows:
+        table = np.zeros(len(rows), MASK_DTYPE)
+        if rows:
+            table["loc"], table["prior"], table["flags"] = zip(*rows)
+        out.append(table)
+    return out
+
+
+@pytest.fixture
+def retina_store(tmp_path):
+    """A 9-anchor RetinaNet store: at P3 cell (12, 30) the rows of anchors 1 (Main, peaked), 5 (Main,
+    flatter) and 7 (VLR only, the flattest), elsewhere rows of anchors 5 and 0; one P4 row.
+    Returns (reader, stored rows as read back from the arrays)."""
+    from ldcache.store.format import FLAG_VLR_OFFICIAL
+
+    rows = _rows([[(LOC - 1, 5, FLAG_MAIN), (LOC, 1, FLAG_MAIN), (LOC, 5, FLAG_MAIN), (LOC, 7, FLAG_VLR_OFFICIAL),
+                   (LOC + 1, 0, FLAG_VLR_OFFICIAL)], [(7, 3, FLAG_MAIN)], [], [], []])
+    rng = np.random.default_rng(3)
+    values = rng.normal(0, 1, (6, 68 + 3)).astype(np.float32)
+    values[:, :68] *= np.array([3, 4, 0.5, 0, 3, 3])[:, None]  # anchor 7 at the cell: flat, anchor 5 flatter than 1
+    reader = _family_store(tmp_path / "retina.zarr", rows, values)
+    return reader, _all_rows(reader.path)
+
+
+def _stored_row(stored, loc: int, prior: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mask row, stored logits) of the P3 row at (loc, prior), found in the raw arrays."""
+    _, _, masks, logits, per_level = stored
+    level0 = per_level[0]
+    (i,) = level0[(masks["loc"][level0] == loc) & (masks["prior"][level0] == prior)]
+    return masks[i], logits[i].astype(np.float64)
+
+
+def test_the_summary_names_the_family_and_its_region_rules(retina_store):
+    from ldcache.domain.region_rule import stored_rule
+
+    reader, _ = retina_store
+    summary = json.loads(_inspect(reader.path, "--json").stdout)
+    assert (summary["teacher_head"], summary["priors_per_location"], summary["prior_kind"]) == (
+        "RetinaDistHead", 9, "anchors")
+    assert summary["region_main"] == RETINA_MAIN and summary["region_vlr"] == "band_without_main"
+    assert summary["region_rules"] == stored_rule(reader.attrs.region).describe()
+    text = _inspect(reader.path).stdout
+    assert "RetinaDistHead: 9 anchors per location" in text
+    assert "Main MaxIoUAssigner(pos_iou_thr=0.5" in text and "VLR band_without_main" in text
+
+
+def test_the_report_of_anchor_5_shows_that_rows_values(retina_store):
+    reader, stored = retina_store
+    x, y = CELL[0] * 8, CELL[1] * 8
+    result = _inspect(reader.path, "--image", 1, "--at", f"{x},{y}", "--anchor", 5, "--tau", 10, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    location = json.loads(result.stdout)["location"]
+    mask, logits = _stored_row(stored, LOC, 5)
+    assert (location["level"], location["loc"], location["prior"], location["grid_xy"]) == (0, LOC, 5, list(CELL))
+    assert location["regions"] == ["main"] and location["image_xy"] == [x, y]
+    for k, edge in enumerate(("left", "top", "right", "bottom")):
+        z = logits[17 * k:17 * (k + 1)] / 10
+        np.testing.assert_allclose(location["edge_distributions"][edge], np.exp(z) / np.exp(z).sum(), rtol=1e-6)
+    assert [c["logit"] for c in location["top_classes"]] == sorted(logits[68:].tolist(), reverse=True)
+    assert location["vlr_ratio"] == {"official": float(mask["vlr_ratio"][0]), "diou": float(mask["vlr_ratio"][1])}
+    assert [(r["prior"], r["regions"]) for r in location["location_rows"]] == [
+        (1, ["main"]), (5, ["main"]), (7, ["vlr_official"])]
+    text = _inspect(reader.path, "--image", 1, "--at", f"{x},{y}", "--anchor", 5).stdout
+    assert f"P3 (stride 8) grid {list(CELL)} anchor 5/9 = image [{x}, {y}]" in text
+    assert "anchor 1: main" in text and "anchor 5 (shown): main" in text and "anchor 7: vlr_official" in text
+    assert re.search(r"P3 +│ +5 +│ +3 +│", text), "the image table counts the 5 rows at 3 locations"
+
+
+def test_locate_at_a_pixel_of_several_anchors_takes_the_most_ambiguous(retina_store):
+    from ldcache.store.statistics import edge_entropy
+
+    reader, stored = retina_store
+    x, y = CELL[0] * 8 + 3, CELL[1] * 8 - 2  # nearest anchor point: the cell's
+    ambiguity = {prior: edge_entropy(_stored_row(stored, LOC, prior)[1][:68].reshape(4, 17)).mean()
+                 + 10 * (prior != 7) for prior in (1, 5, 7)}  # Main first, then the flattest
+    assert max(ambiguity, key=ambiguity.get) == 5
+    result = _inspect(reader.path, "--image", 1, "--at", f"{x},{y}", "--json")
+    location = json.loads(result.stdout)["location"]
+    assert (location["loc"], location["prior"]) == (LOC, 5)
+    assert [r["prior"] for r in location["location_rows"]] == [1, 5, 7]
+    assert json.loads(_inspect(reader.path, "--image", 1, "--at", f"{x},{y}", "--anchor", 7,
+                               "--json").stdout)["location"]["prior"] == 7
+    # The same choice without --at, over the whole record, and restricted to one anchor.
+    assert json.loads(_inspect(reader.path, "--image", 1, "--json").stdout)["location"]["prior"] == 5
+    most = json.loads(_inspect(reader.path, "--image", 1, "--anchor", 3, "--json").stdout)["location"]
+    assert (most["level"], most["loc"], most["prior"]) == (1, 7, 3)
+
+
+def test_anchor_errors_are_one_line(retina_store):
+    reader, _ = retina_store
+    x, y = CELL[0] * 8, CELL[1] * 8
+    cases = [(("--at", f"{x},{y}", "--anchor", 3), "anchor 3 is not stored at location 96.0,240.0 "
+                                                   "(stored there: P3 anchors 1, 5, 7)"),
+             (("--anchor", 9), "anchor 9 out of range: the store's RetinaDistHead has 9 anchors per location"),
+             (("--anchor", 8), "no rows at the chosen level(s) of anchor 8")]
+    for args, message in cases:
+        result = _inspect(reader.path, "--image", 1, *args)
+        said = " ".join(result.stderr.split())
+        assert result.returncode == 2 and message in said and "Traceback" not in said, args
+
+
+def test_the_image_plot_names_the_anchor(retina_store, tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    import ldcache.inspect.plots as plots
+    from ldcache.inspect.report import RowKey
+
+    reader, _ = retina_store
+    titles = []
+    original = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle",
+                        lambda fig, title, **kw: titles.append(title) or original(fig, title, **kw))
+    monkeypatch.setattr(plots, "_image_and_boxes", lambda *a: (np.zeros((320, 320, 3), np.uint8), np.zeros((0, 4))))
+    out = plots.plot_image(reader, 1, 0, reader.read_record(0), RowKey(0, LOC, 5), 1.0, tmp_path / "fig.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert titles == [f"P3 location {list(CELL)} anchor 5/9 (main)"]
+
+
+def test_an_fcos_vlr_is_no_iou_band(tmp_path):
+    from ldcache.store.format import FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL
+
+    vlr = FLAG_VLR_OFFICIAL | FLAG_VLR_DIOU
+    rows = _rows([[(LOC, 0, vlr), (LOC + 1, 0, FLAG_MAIN)], [], [], [], []])
+    rows[0]["vlr_ratio"][0] = 1.0  # as the dump stores an inside_gt VLR point: ratio 1, one step of weight 1
+    rows[0]["vlr_step_ratio"][0, :, 0] = rows[0]["vlr_step_weight"][0, :, 0] = 1.0
+    values = np.random.default_rng(4).normal(0, 1, (2, 68 + 3)).astype(np.float32)
+    reader = _family_store(tmp_path / "fcos.zarr", rows, values, "FCOSDistHead", 1, FCOS_MAIN, "inside_gt")
+    summary = json.loads(_inspect(reader.path, "--json").stdout)
+    assert (summary["teacher_head"], summary["priors_per_location"], summary["prior_kind"]) == (
+        "FCOSDistHead", 1, "points")
+    assert "Main FCOSCenterSampling(center_sampling=True" in summary["region_rules"]
+    assert "FCOSDistHead: 1 point per location" in _inspect(reader.path).stdout
+    x, y = CELL[0] * 8 + 4, CELL[1] * 8 + 4  # FCOS points sit at (cell + 0.5) x stride
+    location = json.loads(_inspect(reader.path, "--image", 1, "--at", f"{x},{y}", "--json").stdout)["location"]
+    assert (location["loc"], location["image_xy"], location["vlr_rule"]) == (LOC, [x, y], "inside_gt")
+    assert location["vlr_ratio"] is None and location["vlr_weight"] is None
+    text = _inspect(reader.path, "--image", 1, "--at", f"{x},{y}").stdout
+    assert "regions: VLR (inside a GT, weighted by the student's score at train time)" in text
+    assert "VLR ratio" not in text and "weight {" not in text and not re.search(r"anchor \d+/", text)

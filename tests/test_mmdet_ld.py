@@ -33,7 +33,7 @@ def ld_store(shapes_root, random_teacher, tmp_path_factory):
     assert result.returncode == 0, result.stderr[-3000:]
     # Where each input came from, said in a few lines.
     said = " ".join((result.stdout + result.stderr).split())
-    assert f"teacher {TEACHER_CONFIG}" in said and "ATSS topk 9" in said
+    assert f"teacher {TEACHER_CONFIG}" in said and "Main ATSSAssigner(topk=9), VLR band" in said
     return out
 
 

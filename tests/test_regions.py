@@ -14,6 +14,7 @@ from mmdet.structures.bbox import bbox_overlaps
 from mmengine.structures import InstanceData
 from torchvision.ops import distance_box_iou
 
+from ldcache.domain.region_rule import atss_rule
 from ldcache.domain.rows import RegionRowMaker
 import ldcache.domain.regions as regions_module
 from ldcache.domain.regions import atss_thresholds, compute_regions, vlr_metric, vlr_weight_known
@@ -296,7 +297,7 @@ def test_rows_match_the_reference(region, metrics):
     for seed in (0, 2, 4, 5, 4, 9):  # seed 4 again: its anchors come from the cache
         generator, strides, pad_shape, boxes = _varied_scene(seed)
         if len(strides) not in makers:
-            makers[len(strides)] = RegionRowMaker(generator, strides, region, 0.3, 9, metrics)
+            makers[len(strides)] = RegionRowMaker(generator, strides, region, 0.3, atss_rule(9), metrics)
         # dask.distributed pickles the maker to its workers.
         maker = pickle.loads(pickle.dumps(makers[len(strides)])) if seed == 9 else makers[len(strides)]
         got = maker.rows(boxes, pad_shape)

@@ -216,7 +216,7 @@ def test_online_ld_cuts_rows_at_the_merged_gamma_and_the_configs_topk(random_tea
     runner = build_student_runner(CACHED_CONFIG, teacher=(TEACHER_CONFIG, random_teacher), work_dir=tmp_path,
                                   cfg_options=options)
     assert runner.model.row_maker.gamma == 0.1 and runner.model.bbox_head.vlr_gamma == 0.1
-    assert runner.model.row_maker.topk == 7
+    assert runner.model.row_maker.rule.topk == 7 and runner.model.row_maker.rule.main["topk"] == 7
 
 
 def test_a_store_of_another_atss_topk_is_refused(shapes_store):
@@ -236,7 +236,7 @@ def test_a_store_of_another_atss_topk_is_refused(shapes_store):
         if fits:
             check_store_fits(reader, None, ids, head)
         else:
-            with pytest.raises(LDCacheError, match="topk 7 .* topk 9"):
+            with pytest.raises(LDCacheError, match="'topk': 9.* vs student .*'topk': 7"):
                 check_store_fits(reader, None, ids, head)
 
 

@@ -20,6 +20,7 @@ GEOMETRY_SETTINGS = {
     "center_offset": "model.bbox_head.anchor_generator.center_offset",
     "num_base_priors": "model.bbox_head.anchor_generator (ratios x scales_per_octave)",
     "allowed_border": "model.train_cfg.allowed_border",
+    "priors": "model.bbox_head.type (an anchor head or a point head)",
 }
 
 
@@ -33,30 +34,25 @@ def head_mismatch(reference: HeadGeometry, student: HeadGeometry, name: str = "s
 
 
 def is_distribution_head(head) -> bool:
-    """Whether an mmdet head predicts GFL's edge distributions from an anchor generator (GFLHead,
-    LDHead and their subclasses): the heads whose outputs a store can hold."""
+    """Whether an mmdet head predicts GFL's edge distributions from a prior generator (GFLHead,
+    LDHead, ldcache's RetinaDistHead, FCOSDistHead, ATSSDistHead, GFLv2Head and their
+    subclasses): the heads whose outputs a store can hold."""
     return hasattr(head, "reg_max") and hasattr(head, "prior_generator") and hasattr(head, "integral")
 
 
 def uncacheable_reason(head) -> str | None:
-    """Why a store cannot hold this head's outputs yet, or None when it can: a head without edge
-    distributions, or a family whose geometry the store does not hold so far (points without
-    anchors, several anchors per location: docs/families.md)."""
-    name = type(head).__name__
+    """Why a store cannot hold this head's outputs, or None when it can (a head with edge
+    distributions)."""
     if not is_distribution_head(head):
-        return (f"{name} predicts no edge distributions (GFL's reg_max bins): LD distils those, so a store "
-                "holds the outputs of distribution heads (GFLHead, LDHead, ATSSDistHead, GFLv2Head)")
-    if not hasattr(head.prior_generator, "octave_base_scale"):
-        return (f"{name} places points, not anchors: stores of point heads (FCOS) are not supported yet "
-                "(docs/families.md)")
-    if head.prior_generator.num_base_priors[0] != 1:
-        return (f"{name} has {head.prior_generator.num_base_priors[0]} anchors per location: stores of "
-                "multi-anchor heads (RetinaNet) are not supported yet (docs/families.md)")
+        return (f"{type(head).__name__} predicts no edge distributions (GFL's reg_max bins): LD distils those, "
+                "so a store holds the outputs of distribution heads (GFLHead, LDHead, RetinaDistHead, "
+                "FCOSDistHead, ATSSDistHead, GFLv2Head: docs/families.md)")
     return None
 
 
-def student_head_geometry(cfg: Config) -> HeadGeometry:
-    """The head geometry of the student a config trains, from its head alone (no backbone built)."""
+def build_config_head(cfg: Config):
+    """The student's head a config trains, built alone (no backbone), with its train and test
+    settings; a head that cannot be trained from a store is refused with the reason."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
@@ -71,4 +67,5 @@ def student_head_geometry(cfg: Config) -> HeadGeometry:
     reason = uncacheable_reason(head)
     if reason:
         raise BadInputError(f"the student's head cannot be trained from a store: {reason}")
-    return HeadGeometry.of_head(head)
+    return head
+

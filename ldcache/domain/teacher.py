@@ -10,9 +10,6 @@ from .. import checkpoint_trust
 from ..errors import BadInputError
 from .head import uncacheable_reason
 
-DEFAULT_TOPK = 9  # mmdet's ATSSAssigner default, and every GFL config's
-
-
 def default_scale(cfg: Config) -> tuple[int, int]:
     """The Resize scale of the config's test pipeline (where the student is evaluated)."""
     pipeline = cfg.get("test_dataloader", {}).get("dataset", {}).get("pipeline", [])
@@ -20,12 +17,6 @@ def default_scale(cfg: Config) -> tuple[int, int]:
         if step.get("type") == "Resize" and "scale" in step:
             return tuple(step["scale"])
     raise BadInputError(f"{cfg.filename} has no Resize(scale=...) in its test pipeline; give --scale")
-
-
-def assigner_topk(cfg: Config) -> int:
-    """The ATSS `topk` of the config's `model.train_cfg.assigner`: the Main region's assignment."""
-    assigner = (cfg.model.get("train_cfg") or {}).get("assigner") or {}
-    return int(assigner.get("topk", DEFAULT_TOPK))
 
 
 def build_teacher(cfg: Config, checkpoint: str | Path, device: str) -> torch.nn.Module:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..domain.head import student_head_geometry
+from ..domain.head import build_config_head
 from ..domain.ld_config import (is_ld_config, load_config, teacher_checkpoint, teacher_config_file,
                                 train_classes, train_data_files, train_views)
-from ..domain.teacher import assigner_topk, default_scale
+from ..domain.region_rule import region_rule
+from ..domain.teacher import default_scale
+from ..store.attrs import HeadGeometry
 from ..domain.views import parse_views
 from ..errors import BadInputError
 from .run import DumpOptions
@@ -46,7 +48,7 @@ def resolve_dump(request: DumpRequest, **options) -> tuple[DumpOptions, list[str
 
 def _from_ld_config(cfg, request: DumpRequest, options: dict) -> tuple[DumpOptions, list[str]]:
     """The store an LD config trains with: its teacher, its train data and views, its student's
-    assignment (topk) and classes; the student's head geometry is checked against the teacher's."""
+    region rules and classes; the student's head geometry is checked against the teacher's."""
     teacher_config = teacher_config_file(cfg)
     checkpoint = teacher_checkpoint(cfg, request.checkpoint)
     ann_file, img_dir = _data_files(cfg, request)
@@ -57,14 +59,15 @@ def _from_ld_config(cfg, request: DumpRequest, options: dict) -> tuple[DumpOptio
         scales = [scale]
     if request.flip is not None:
         flip = request.flip
-    topk = assigner_topk(cfg)
-    opts = DumpOptions(teacher_config, checkpoint, ann_file, img_dir, views=parse_views(scales, flip), topk=topk,
-                       classes=train_classes(cfg), student_geometry=student_head_geometry(cfg), **options)
+    head = build_config_head(cfg)
+    rule = region_rule(head)
+    opts = DumpOptions(teacher_config, checkpoint, ann_file, img_dir, views=parse_views(scales, flip), rule=rule,
+                       classes=train_classes(cfg), student_geometry=HeadGeometry.of_head(head), **options)
     views = ", ".join(f"{w}x{h}" for w, h in scales) + (" and flipped" if flip else "")
     notes = [f"LD config {request.config}, dumped for its student:",
              f"  teacher {teacher_config}, checkpoint {checkpoint}",
              f"  train data {ann_file}, images {img_dir}",
-             f"  views {views}; Main region of the student's ATSS topk {topk}"]
+             f"  views {views}; the student's regions: {rule.describe()}"]
     return opts, notes
 
 

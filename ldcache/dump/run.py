@@ -28,7 +28,8 @@ from ..domain.grid import featmap_sizes
 from ..domain.head import head_mismatch
 from ..domain.rows import RegionRowMaker
 from ..domain.ld_config import load_config, train_classes
-from ..domain.teacher import assigner_topk, build_teacher
+from ..domain.region_rule import RegionRule, region_rule
+from ..domain.teacher import build_teacher
 from ..domain.views import PAD_DIVISOR, View, view_geometry
 from ..errors import BadInputError, LDCacheError, StoreIncompleteError, StoreMismatchError
 from ..store.attrs import (DatasetAttrs, DumpSummary, GridAttrs, HeadGeometry, LayoutAttrs, RegionAttrs,
@@ -74,9 +75,9 @@ class DumpOptions:
     chunk_rows: int = 512
     resume: bool = False
     dask_scheduler: str | None = None  # address of a dask.distributed scheduler for pass 1
-    # Set from an LD config (dump/inputs.py): its student's ATSS topk and classes, and its head
-    # geometry, which must be the teacher's. None: the teacher config's own topk and classes.
-    topk: int | None = None
+    # Set from an LD config (dump/inputs.py): its student's region rules and classes, and its head
+    # geometry, which must be the teacher's. None: the teacher head's own rules and classes.
+    rule: RegionRule | None = None
     classes: tuple[str, ...] | None = None
     student_geometry: HeadGeometry | None = None
     cfg_options: dict | None = None  # --cfg-options of a teacher config, merged into it
@@ -102,11 +103,12 @@ def _input_hashes(opts: DumpOptions) -> dict:
             "ann": file_sha256(opts.ann_file)}
 
 
-def _fingerprint(opts: DumpOptions, hashes: dict, topk: int) -> str:
+def _fingerprint(opts: DumpOptions, hashes: dict, rule: RegionRule) -> str:
     """What makes two dumps write the same arrays: the inputs and every option that changes a value."""
     keys = dict(teacher=hashes["checkpoint"], config=hashes["config"], ann=hashes["ann"],
                 img_dir=str(Path(opts.img_dir).resolve()), views=[asdict(v) for v in opts.views],
-                region=opts.region, gamma=opts.gamma, topk=topk, dtype=opts.dtype,
+                region=opts.region, gamma=opts.gamma, topk=rule.topk, main=rule.main, vlr=rule.vlr,
+                dtype=opts.dtype,
                 vlr_metrics=list(opts.vlr_metrics), vlr_class_logits=opts.vlr_class_logits,
                 # GroupNorm in the head sees a batch's padding, so the batch size changes values.
                 batch_size=opts.batch_size, block_size=opts.block_size, chunk_rows=opts.chunk_rows)
@@ -169,11 +171,11 @@ def _run_locked(opts: DumpOptions, ranks: Ranks, lock: StoreLock, started: float
         raise BadInputError(f"the teacher predicts {geometry.num_classes} classes but the dataset has "
                             f"{len(scan.classes)}; give the teacher's own dataset classes")
     records = [(entry, view) for entry in scan.images for view in opts.views]
-    topk = opts.topk or assigner_topk(cfg)
+    rule = opts.rule or region_rule(model.bbox_head)
     maker = RegionRowMaker(model.bbox_head.prior_generator, geometry.strides, opts.region, opts.gamma,
-                           topk, tuple(opts.vlr_metrics))
+                           rule, tuple(opts.vlr_metrics))
 
-    attrs = _new_attrs(opts, hashes, scan, geometry, topk)
+    attrs = _new_attrs(opts, hashes, scan, geometry, rule, type(model.bbox_head).__name__)
     small_arrays = _small_arrays(scan, records)
     resume = repair_command(opts.out, attrs)
     with disk_full_as_error(opts.out, lambda: _logits_left_to_write(opts.out), resume):
@@ -220,14 +222,17 @@ def _logits_left_to_write(out: str | Path) -> int | None:
         return None
 
 
-def _new_attrs(opts: DumpOptions, hashes: dict, scan: DatasetScan, geometry: HeadGeometry, topk: int) -> StoreAttrs:
+def _new_attrs(opts: DumpOptions, hashes: dict, scan: DatasetScan, geometry: HeadGeometry, rule: RegionRule,
+               head_type: str) -> StoreAttrs:
     return StoreAttrs(
-        ldcache_format=FORMAT_VERSION, status=STATUS_CREATED, fingerprint=_fingerprint(opts, hashes, topk),
-        teacher=TeacherAttrs(str(opts.teacher_config), hashes["config"], str(opts.checkpoint), hashes["checkpoint"]),
+        ldcache_format=FORMAT_VERSION, status=STATUS_CREATED, fingerprint=_fingerprint(opts, hashes, rule),
+        teacher=TeacherAttrs(str(opts.teacher_config), hashes["config"], str(opts.checkpoint), hashes["checkpoint"],
+                             head_type),
         head=geometry, grid=GridAttrs(PAD_DIVISOR, FLIP_DIRECTIONS[0]),
         dataset=DatasetAttrs(str(opts.ann_file), hashes["ann"], str(opts.img_dir), tuple(scan.classes)),
         views=tuple(ViewAttrs(v.name, tuple(v.scale), v.flip) for v in opts.views),
-        region=RegionAttrs(opts.region, opts.gamma, topk, tuple(m for m in VLR_METRICS if m in opts.vlr_metrics)),
+        region=RegionAttrs(opts.region, opts.gamma, rule.topk, tuple(m for m in VLR_METRICS if m in opts.vlr_metrics),
+                           rule.main, rule.vlr),
         values=ValuesAttrs(opts.dtype, opts.vlr_class_logits),
         # shard_rows is known once pass 1 has counted the rows; create_store sets it.
         layout=LayoutAttrs(opts.block_size, opts.chunk_rows, opts.chunk_rows, len(scan.images), len(opts.views)))
@@ -287,9 +292,9 @@ def _summary(group, attrs: StoreAttrs, scan: DatasetScan, opts: DumpOptions, wal
     ptr = group["ptr"][:]
     per_level = (ptr[:, 1:] - ptr[:, :-1]).sum(axis=0)
     num_values = attrs.value_codec().num_values
-    dense_locations = sum(int(np.prod(s)) for p in group["pad_shape"][:]
-                          for s in featmap_sizes(tuple(p), attrs.head.strides))
-    dense_bytes = dense_locations * num_values * 2
+    dense_priors = attrs.head.num_base_priors * sum(int(np.prod(s)) for p in group["pad_shape"][:]
+                                                    for s in featmap_sizes(tuple(p), attrs.head.strides))
+    dense_bytes = dense_priors * num_values * 2
     disk = store_bytes_on_disk(opts.out)
     records = ptr.shape[0]
     return DumpSummary(

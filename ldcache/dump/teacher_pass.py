@@ -96,6 +96,7 @@ def run_teacher_pass(model: torch.nn.Module, group: zarr.Group, attrs: StoreAttr
     done, block_stats = (writable(group, f"{PROGRESS}/{name}") for name in ("done", "block_stats"))
     img_shapes, pad_shapes = group["img_shape"][:], group["pad_shape"][:]
     codec, block_size, strides = attrs.value_codec(), attrs.layout.block_size, attrs.head.strides
+    priors = attrs.head.num_base_priors
 
     # Image-views without rows (an image without a usable box, in distill mode) need no teacher.
     with_rows = {b: [r for r in blocks.records(b) if ptr[r, -1] > ptr[r, 0]] for b in my_blocks}
@@ -144,7 +145,7 @@ def run_teacher_pass(model: torch.nn.Module, group: zarr.Group, attrs: StoreAttr
                 levels = [buffer.masks[a - first:z - first] for a, z in zip(ptr[r, :-1], ptr[r, 1:])]
                 grid = featmap_sizes(tuple(pad_shapes[r]), strides)
                 buffer.values[ptr[r, 0] - first:ptr[r, -1] - first] = (
-                    gather_logits(cls_scores, bbox_preds, i, levels, grid).cpu().numpy())
+                    gather_logits(cls_scores, bbox_preds, i, levels, grid, priors).cpu().numpy())
                 buffer.records_left -= 1
                 if buffer.records_left == 0:
                     if len(pending) == writers:

@@ -63,6 +63,9 @@ class FCOSDistHead(EdgeDistributions, FCOSHead):
             ``feat_channels``, ``stacked_convs``, ...).
     """
 
+    # LD's VLR for FCOS (ldcache/domain/region_rule.py): the non-positive points inside a GT box.
+    ld_vlr_rule = 'inside_gt'
+
     def __init__(self,
                  num_classes: int,
                  in_channels: int,

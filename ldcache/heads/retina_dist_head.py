@@ -53,6 +53,9 @@ class RetinaDistHead(EdgeDistributions, RetinaHead):
         >>> assert bbox_pred.shape == (1, 9 * 4 * 17, 5, 5)
     """
 
+    # LD's VLR for RetinaNet (ldcache/domain/region_rule.py): the band, without MaxIoU's positives.
+    ld_vlr_rule = 'band_without_main'
+
     def __init__(self,
                  num_classes: int,
                  in_channels: int,

@@ -9,7 +9,7 @@ from ..errors import BadInputError
 from ..store.format import FLAG_MAIN, FLAG_VLR_OFFICIAL
 from ..store.reader import StoreReader
 from ..store.targets import LDTargets
-from .report import EDGES, location_report
+from .report import EDGES, RowKey, location_report, location_title, region_names
 from ..store.statistics import edge_entropy
 
 
@@ -35,10 +35,11 @@ def _image_and_boxes(reader: StoreReader, record: int):
     return img, boxes
 
 
-def plot_image(reader: StoreReader, image_id: int, record: int, targets: LDTargets, focus: tuple[int, int],
+def plot_image(reader: StoreReader, image_id: int, record: int, targets: LDTargets, focus: RowKey,
                tau: float, out: Path, dpi: int = 100) -> Path:
-    """Picture with GT boxes, per-level entropy heatmaps with Main/VLR marks, and the four edge
-    distributions of the `focus` (level, row) location, drawn in pixels from the anchor point."""
+    """Picture with GT boxes, per-level entropy heatmaps with Main/VLR marks (with several priors
+    per location, the location's flattest row), and the four edge distributions of the `focus`
+    row, drawn in pixels from the anchor point; the title names its location and anchor."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -52,19 +53,16 @@ def plot_image(reader: StoreReader, image_id: int, record: int, targets: LDTarge
     ax.imshow(img)
     for x1, y1, x2, y2 in boxes:
         ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=1.5))
-    level, row = focus
-    rows_focus = targets.level(level)
-    grid_w = int(targets.grid[level][1])
-    fx, fy = (int(rows_focus.loc[row]) % grid_w) * strides[level], (int(rows_focus.loc[row]) // grid_w) * strides[level]
-    ax.plot([fx], [fy], marker="x", color="red", markersize=10)
+    report = location_report(reader, record, targets, focus, tau)
+    ax.plot(*report["image_xy"], marker="x", color="red", markersize=10)
     ax.set_title(f"image {image_id}, view {reader.attrs.views[record % reader.num_views].name}")
     ax.axis("off")
     for lvl in range(num_levels):
         rows = targets.level(lvl)
         gh, gw = (int(v) for v in targets.grid[lvl])
         heat = np.full(gh * gw, np.nan)
-        if len(rows.loc):
-            heat[rows.loc] = edge_entropy(rows.reg, tau).mean(axis=1)
+        # A location with several rows (anchors) shows its flattest; fmax skips the NaN of the empty cell.
+        np.fmax.at(heat, rows.loc, edge_entropy(rows.reg, tau).mean(axis=1))
         axh = fig.add_subplot(grid[0, lvl + 1])
         axh.imshow(heat.reshape(gh, gw), cmap="magma", vmin=0, vmax=np.log(rows.reg.shape[-1]))
         main = rows.loc[(rows.flags & FLAG_MAIN) > 0]
@@ -74,14 +72,14 @@ def plot_image(reader: StoreReader, image_id: int, record: int, targets: LDTarge
         axh.set_title(f"P{lvl + 3} edge entropy (tau {tau})")
         axh.axis("off")
     axh.legend(loc="lower right", fontsize=7)
-    report = location_report(reader, record, targets, level, row, tau)
     for i, edge in enumerate(EDGES):
         axd = fig.add_subplot(grid[1, i])
         probs = report["edge_distributions"][edge]
         axd.bar(np.arange(len(probs)) * report["stride"], probs, width=report["stride"] * 0.8, color="tab:blue")
         axd.set_xlabel(f"{edge} distance (px from the anchor point)")
         axd.set_title(f"{edge}: entropy {report['edge_entropy'][edge]:.2f}")
-    fig.suptitle(f"P{level + 3} location {report['grid_xy']} ({', '.join(report['regions']) or 'no region'})")
+    regions = region_names(report["regions"], report["vlr_rule"])
+    fig.suptitle(f"{location_title(report)} ({', '.join(regions) or 'no region'})")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from ..errors import StoreFormatError
 from .codec import VALUE_CODECS, ValueCodec
-from .format import FLIP_DIRECTIONS, FORMAT_VERSION, REGION_MODES, STATUSES, VLR_METRICS
+from .format import (FLIP_DIRECTIONS, FORMAT_VERSION, MAIN_RULES, PRIOR_KINDS, REGION_MODES, STATUSES, VLR_METRICS,
+                     VLR_RULES)
 
 
 def _require(ok: bool, field: str, message: str) -> None:
@@ -118,6 +119,7 @@ class TeacherAttrs(_Model):
     config_sha256: str
     checkpoint: str
     checkpoint_sha256: str
+    head: str  # the teacher head's class (its family), as the store's summary shows it
 
 
 @dataclass(frozen=True)
@@ -127,21 +129,31 @@ class HeadGeometry(_Model):
     num_classes: int
     reg_max: int
     strides: tuple[int, ...]
-    octave_base_scale: float
-    scales_per_octave: int
-    ratios: tuple[float, ...]
+    octave_base_scale: float  # 0 for points
+    scales_per_octave: int  # 1 for points
+    ratios: tuple[float, ...]  # (1.0,) for points
     center_offset: float
     num_base_priors: int
     allowed_border: int  # train_cfg.allowed_border: which anchors the assigner may use (-1: all)
+    priors: str = "anchors"  # 'anchors' (AnchorGenerator) or 'points' (MlvlPointGenerator: FCOS)
+
+    def __post_init__(self):
+        _one_of(self.priors, PRIOR_KINDS, "head.priors")
 
     @classmethod
     def of_head(cls, head) -> HeadGeometry:
-        """The geometry of an mmdet GFL-style head (its prior generator, bins and border rule)."""
+        """The geometry of an mmdet dense head with edge distributions: its prior generator (anchors
+        or points), bins and border rule."""
         gen = head.prior_generator
         train_cfg = getattr(head, "train_cfg", None) or {}
-        return cls(int(head.num_classes), int(head.reg_max), tuple(int(s[0]) for s in gen.strides),
+        strides = tuple(int(s[0]) for s in gen.strides)
+        border = int(train_cfg.get("allowed_border", -1))
+        if not hasattr(gen, "octave_base_scale"):  # points: one per location, at the offset
+            return cls(int(head.num_classes), int(head.reg_max), strides, 0.0, 1, (1.0,), float(gen.offset),
+                       int(gen.num_base_priors[0]), border, "points")
+        return cls(int(head.num_classes), int(head.reg_max), strides,
                    float(gen.octave_base_scale), int(gen.scales_per_octave), tuple(float(r) for r in gen.ratios),
-                   float(gen.center_offset), int(gen.num_base_priors[0]), int(train_cfg.get("allowed_border", -1)))
+                   float(gen.center_offset), int(gen.num_base_priors[0]), border)
 
 
 @dataclass(frozen=True)
@@ -181,11 +193,16 @@ class RegionAttrs(_Model):
 
     mode: str
     gamma: float
-    topk: int
+    topk: int  # the VLR band's ATSS threshold is made of the topk nearest anchors per level
     vlr_metrics: tuple[str, ...]
+    main: dict  # the Main assignment: an mmdet assigner config, or FCOS's centre-sampling rule
+    vlr: str  # the family's VLR rule: band, band_without_main or inside_gt
 
     def __post_init__(self):
         _one_of(self.mode, REGION_MODES, "region.mode")
+        _one_of(self.vlr, VLR_RULES, "region.vlr")
+        _require(self.main.get("type") in MAIN_RULES, "region.main.type",
+                 f"must be one of {list(MAIN_RULES)}, not {self.main.get('type')!r}")
         for metric in self.vlr_metrics:
             _one_of(metric, VLR_METRICS, "region.vlr_metrics")
         _require(0 < self.gamma < 1, "region.gamma", f"must lie in (0, 1), not {self.gamma}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 STATUS_CREATED, STATUS_MASKS, STATUS_COMPLETE = "created", "masks-written", "complete"
 STATUSES = (STATUS_CREATED, STATUS_MASKS, STATUS_COMPLETE)
 # The group of an unfinished store holding its per-block done flags and statistics.
@@ -11,6 +11,13 @@ PROGRESS = "progress"
 REGION_MODES = ("distill", "dense")
 # The flip a stored view may carry: mmdet RandomFlip's direction (the regions mirror boxes left-right).
 FLIP_DIRECTIONS = ("horizontal",)
+
+# What a location's priors are: anchor boxes (GFL, ATSS, GFLv2, RetinaNet) or points (FCOS).
+PRIOR_KINDS = ("anchors", "points")
+# The region rules of the head families (ldcache/domain/region_rule.py): the Main assignment, and
+# the VLR as a band of the VLR metric (positives kept, or excluded) or FCOS's points inside a GT.
+MAIN_RULES = ("ATSSAssigner", "MaxIoUAssigner", "FCOSCenterSampling")
+VLR_RULES = ("band", "band_without_main", "inside_gt")
 
 # The two VLR definitions, in the order of the per-metric fields of a mask row.
 VLR_METRICS = ("official", "diou")

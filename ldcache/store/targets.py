@@ -17,6 +17,7 @@ class LevelRows:
     """One level of one image-view: the stored locations and their data."""
 
     loc: np.ndarray  # int32 [R]: y * W_l + x on the per-image grid
+    prior: np.ndarray  # uint8 [R]: which of the location's priors
     flags: np.ndarray  # uint8 [R]
     vlr_ratio: np.ndarray  # float32 [R, 2]
     vlr_step_ratio: np.ndarray  # float32 [R, 2, VLR_STEPS]
@@ -43,7 +44,7 @@ class LDTargets:
         lo, hi = int(self.level_ptr[index]), int(self.level_ptr[index + 1])
         m, v = self.masks[lo:hi], self.values[lo:hi]
         split = 4 * self.bins
-        return LevelRows(m["loc"], m["flags"], m["vlr_ratio"], m["vlr_step_ratio"], m["vlr_step_weight"],
+        return LevelRows(m["loc"], m["prior"], m["flags"], m["vlr_ratio"], m["vlr_step_ratio"], m["vlr_step_weight"],
                          v[:, :split].reshape(-1, 4, self.bins), v[:, split:])
 
     def levels(self) -> list[LevelRows]:

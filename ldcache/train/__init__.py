@@ -6,6 +6,7 @@ configs/_base_/ldcache_runtime.py) and changes nothing else. `LDCacheRunner` (th
 `ldcache.checkpoint_trust`, and mmdet's NMS works on CUDA tensors with an mmcv built without CUDA
 ops (`nms.py`). Call `ldcache.train.install()` yourself with any other runner.
 """
-from . import (cached_ld_atss_head, cached_ld_gflv2_head, cached_ld_head, check_hook, load_ld_targets,  # noqa: F401
+from . import (cached_ld_atss_head, cached_ld_fcos_head, cached_ld_gflv2_head, cached_ld_head,  # noqa: F401
+               cached_ld_retina_head, check_hook, load_ld_targets,
                online_ld_gfl, progress_bar_hook, runner)
 from .runner import install  # noqa: F401

@@ -1,8 +1,10 @@
 """CachedLD: the four LD terms of a dense head with edge distributions, from teacher targets in the
-batch. Mixed into a family's head: CachedLDHead (GFL), CachedLDATSSHead (ATSS)."""
+batch. Mixed into a family's head: CachedLDHead (GFL), CachedLDATSSHead, CachedLDGFLv2Head,
+CachedLDRetinaHead and CachedLDFCOSHead."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from inspect import signature
 
 import numpy as np
 import torch
@@ -28,8 +30,8 @@ EDGES = 4
 class CachedLD:
     """Localization Distillation from precomputed teacher targets, mixed into a dense head with
     edge distributions (``reg_max``, ``prior_generator``) whose ``get_targets`` returns mmdet's
-    ATSS-style tuple (anchors, labels, label weights, ...). The head's ``loss_by_feat`` calls
-    :meth:`ld_levels` and :meth:`add_ld_terms` after its own losses.
+    ATSS-style tuple (anchors, labels, label weights, ...; a family with another tuple overrides
+    ``_labels_and_weights``). Its ``loss_by_feat`` adds the LD terms to the head's own losses.
 
     The teacher's logits come in each sample's metainfo as ``ld_targets`` (an
     :class:`~ldcache.store.targets.LDTargets`): from a store through the ``LoadLDTargets``
@@ -57,7 +59,10 @@ class CachedLD:
     ``'weight_sum'``  ``weight * sum(w * KL_e) / (4 * S_w)``        ``weight * sum(v * KL_e) / (4 * S_v)``
     ================  ============================================  ======================================
 
-    ``V`` is the family's official VLR divisor (``official_ld_avg``): 16 for GFL, 4 for ATSS.
+    ``V`` is the family's official VLR divisor (``official_ld_avg``): 16 for GFL, 4 for the
+    others. With ``ld_joint_edges`` (RetinaNet), a row's four edges are one softmax over their
+    4 x bins logits, ``KL_e`` is that row's one KL, and ``'weight_sum'`` divides by ``S_w``
+    (``S_v``) without the 4.
     ``'official'`` grows with the images per GPU and the objects per image (the official code's
     known fault). ``'per_image'`` equals it at 2 images per GPU (the paper's setting) and keeps
     the LD strength per image at any other count of images per GPU or of GPUs. ``'weight_sum'``
@@ -89,6 +94,8 @@ class CachedLD:
 
     # The official code's Main and VLR LD divisors, whatever the number of rows.
     official_ld_avg = {"loss_ld": 4.0, "loss_ld_vlr": 16.0}
+    # One softmax over the 4 x bins logits of a row (the official RetinaNet's LD), not one per edge.
+    ld_joint_edges = False
 
     def __init__(self, *args,
                  loss_ld: dict | None = dict(type="KnowledgeDistillationKLDivLoss", loss_weight=0.25, T=10),
@@ -120,6 +127,23 @@ class CachedLD:
         self._rows_missing: list[torch.Tensor] = []
         self._pending_counts: list[_PendingCounts] = []
 
+    def loss_by_feat(self, *args, **kwargs) -> dict:
+        """The head's own losses, then the LD terms (whatever the family's outputs: its
+        ``loss_by_feat`` arguments are bound by name to find the image metas)."""
+        losses = super().loss_by_feat(*args, **kwargs)
+        return self.with_ld_terms(losses, signature(super().loss_by_feat).bind(*args, **kwargs).arguments)
+
+    def with_ld_terms(self, losses: dict, inputs: dict) -> dict:
+        """`losses` with the LD terms of this step, from the head's ``loss_by_feat`` arguments
+        (`inputs`, by name: cls_scores, bbox_preds, batch_img_metas, ...)."""
+        metas = inputs["batch_img_metas"]
+        levels, rows = self.ld_levels(inputs["cls_scores"], inputs["bbox_preds"], metas)
+        self._adjust_own_losses(losses, levels)
+        return self.add_ld_terms(losses, levels, rows, len(metas))
+
+    def _adjust_own_losses(self, losses: dict, levels: list) -> None:
+        """Change the head's own losses in place, given this step's LD rows (none by default)."""
+
     def get_targets(self, *args, **kwargs):
         # Keep the ATSS assignment of this step for the LD terms: computing it once saves a
         # second assignment per step.
@@ -129,7 +153,7 @@ class CachedLD:
     def ld_levels(self, cls_scores: list, bbox_preds: list, batch_img_metas: list) -> tuple[list, _BatchRows]:
         """Each level's student and teacher rows for the LD terms, after the head's own losses
         (whose get_targets kept this step's assignment), and the batch's rows."""
-        _, labels_list, label_weights_list, *_ = self._targets
+        labels_list, label_weights_list = self._labels_and_weights(self._targets)
         self._targets = None
         rows = self._batch_rows([self._targets_of(meta) for meta in batch_img_metas],
                                 [tuple(c.shape[-2:]) for c in cls_scores], cls_scores[0].device)
@@ -152,6 +176,13 @@ class CachedLD:
         unknown = rows.weight_unknown_at(self.vlr_gamma) if self.ld_losses["loss_ld_vlr"] else rows.ratio[:0]
         self._check_rows(unknown)
         return losses
+
+    @staticmethod
+    def _labels_and_weights(targets: tuple) -> tuple[list, list]:
+        """Per level, the labels and label weights in the head's ``get_targets`` result (ATSS's
+        tuple: anchors, labels, label weights, ...; a family with another tuple overrides this)."""
+        _, labels_list, label_weights_list, *_ = targets
+        return labels_list, label_weights_list
 
     @staticmethod
     def _targets_of(meta: dict):
@@ -186,9 +217,15 @@ class CachedLD:
             teacher_reg=values[:, :EDGES * bins].reshape(-1, bins), teacher_cls=values[:, EDGES * bins:],
             main=positive_row, vlr=vlr_row,
             ld_weight={"loss_ld": positive_row * confidence,
-                       "loss_ld_vlr": vlr_row * rows.weight_at(self.vlr_gamma)[lo:hi]},
+                       "loss_ld_vlr": vlr_row * self._vlr_weight(rows.weight_at(self.vlr_gamma)[lo:hi], confidence)},
             label_weight=label_weights[index],
             empty=hi == lo, zero=bbox_pred.sum() * 0)
+
+    @staticmethod
+    def _vlr_weight(stored: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+        """float32 [R]: the VLR LD weight of the rows, from the store's weight at this gamma (the
+        IoU weight) and the student's confidence (a family weighting by it overrides this)."""
+        return stored
 
     def _confidence(self, cls_rows: torch.Tensor, reg_rows: torch.Tensor) -> torch.Tensor:
         """float32 [R]: the student's confidence at its rows, the Main LD weight: its largest class
@@ -204,8 +241,13 @@ class CachedLD:
         divisors = {}
         for name in LD_TERMS:
             total = sum(level.ld_weight[name].sum() for level in levels)
-            divisors[name] = EDGES * reduce_mean(total).clamp(min=1)
+            divisors[name] = self._kl_per_row * reduce_mean(total).clamp(min=1)
         return divisors
+
+    @property
+    def _kl_per_row(self) -> int:
+        """How many KL terms a row's edge logits make: one per edge, or one with ``ld_joint_edges``."""
+        return 1 if self.ld_joint_edges else EDGES
 
     def _term(self, name: str, level: _LevelRows, ld_divisor) -> torch.Tensor:
         """One LD or KD term on one level."""
@@ -213,8 +255,12 @@ class CachedLD:
             return level.zero
         loss = self.ld_losses[name]
         if name in LD_TERMS:
-            weight = level.ld_weight[name][:, None].expand(-1, EDGES).reshape(-1)
-            return loss(level.student_reg, level.teacher_reg, weight=weight, avg_factor=ld_divisor)
+            per_row = self._kl_per_row
+            weight = level.ld_weight[name][:, None].expand(-1, per_row).reshape(-1)
+            # Rows of the KL: one edge's bins, or the four edges' bins under one softmax.
+            width = level.student_reg.shape[1] * EDGES // per_row
+            return loss(level.student_reg.reshape(-1, width), level.teacher_reg.reshape(-1, width), weight=weight,
+                        avg_factor=ld_divisor)
         member = level.main if name == "loss_kd" else level.vlr
         term = loss(level.student_cls, level.teacher_cls, weight=member * level.label_weight,
                     avg_factor=member.sum())
@@ -260,6 +306,7 @@ class CachedLD:
         index into each level's (B, H, W) grid, values, and the VLR ratio and weight steps of the
         configured metric."""
         metric = VLR_METRICS.index(self.vlr_metric)
+        priors = self.prior_generator.num_base_priors[0]
         index, values, ratio, step_ratio, step_weight, bounds = [], [], [], [], [], []
         for level, (height, width) in enumerate(grids):
             first = sum(len(i) for i in index)
@@ -268,7 +315,8 @@ class CachedLD:
                 masks = t.masks[lo:hi]
                 grid_w = int(t.grid[level][1])
                 loc = masks["loc"].astype(np.int64)
-                index.append(i * height * width + (loc // grid_w) * width + loc % grid_w)
+                # The student's rows are its maps' (image, y, x, prior), flattened.
+                index.append((i * height * width + (loc // grid_w) * width + loc % grid_w) * priors + masks["prior"])
                 values.append(t.values[lo:hi])
                 ratio.append(masks["vlr_ratio"][:, metric])
                 step_ratio.append(masks["vlr_step_ratio"][:, metric])
@@ -283,7 +331,7 @@ class CachedLD:
 class _BatchRows:
     """A batch's teacher rows on the device, level-major: level l owns rows level_bounds[l]."""
 
-    index: torch.Tensor  # int64 [R]: flat index into the level's (B, H, W) grid
+    index: torch.Tensor  # int64 [R]: flat index into the level's (B, H, W, priors) grid
     values: torch.Tensor  # float32 [R, 4 * bins + C]
     ratio: torch.Tensor  # float32 [R]: VLR at gamma when ratio >= gamma
     step_ratio: torch.Tensor  # float32 [R, VLR_STEPS]

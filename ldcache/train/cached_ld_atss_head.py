@@ -30,10 +30,3 @@ class CachedLDATSSHead(CachedLD, ATSSDistHead):
                  loss_ld_vlr: dict | None = dict(type="KnowledgeDistillationKLDivLoss", loss_weight=0.0375, T=10),
                  **kwargs):
         super().__init__(*args, loss_ld_vlr=loss_ld_vlr, **kwargs)
-
-    def loss_by_feat(self, cls_scores, bbox_preds, centernesses, batch_gt_instances, batch_img_metas,
-                     batch_gt_instances_ignore=None) -> dict:
-        losses = super().loss_by_feat(cls_scores, bbox_preds, centernesses, batch_gt_instances, batch_img_metas,
-                                      batch_gt_instances_ignore)
-        levels, rows = self.ld_levels(cls_scores, bbox_preds, batch_img_metas)
-        return self.add_ld_terms(losses, levels, rows, len(batch_img_metas))

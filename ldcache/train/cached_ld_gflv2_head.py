@@ -28,10 +28,3 @@ class CachedLDGFLv2Head(CachedLD, GFLv2Head):
         # The DGQP runs on (N, 4 * bins, H, W) maps: the rows become N maps of one location.
         joint = self.joint_score(cls_rows[:, :, None, None], reg_rows[:, :, None, None])
         return joint.flatten(1).max(dim=1).values
-
-    def loss_by_feat(self, cls_scores, bbox_preds, batch_gt_instances, batch_img_metas,
-                     batch_gt_instances_ignore=None) -> dict:
-        losses = super().loss_by_feat(cls_scores, bbox_preds, batch_gt_instances, batch_img_metas,
-                                      batch_gt_instances_ignore)
-        levels, rows = self.ld_levels(cls_scores, bbox_preds, batch_img_metas)
-        return self.add_ld_terms(losses, levels, rows, len(batch_img_metas))

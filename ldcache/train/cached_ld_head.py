@@ -36,16 +36,11 @@ class CachedLDHead(CachedLD, GFLHead):
             raise BadInputError(f"CachedLDHead: bbox_norm must be one of {BBOX_NORMS}, not {bbox_norm!r}")
         self.use_dfl, self.bbox_norm = use_dfl, bbox_norm
 
-    def loss_by_feat(self, cls_scores, bbox_preds, batch_gt_instances, batch_img_metas,
-                     batch_gt_instances_ignore=None) -> dict:
-        losses = super().loss_by_feat(cls_scores, bbox_preds, batch_gt_instances, batch_img_metas,
-                                      batch_gt_instances_ignore)
+    def _adjust_own_losses(self, losses: dict, levels: list) -> None:
         if not self.use_dfl:
             losses.pop("loss_dfl")
-        levels, rows = self.ld_levels(cls_scores, bbox_preds, batch_img_metas)
         if self.bbox_norm == "ld_head":
             self._divide_box_losses_as_ld_head(losses, levels)
-        return self.add_ld_terms(losses, levels, rows, len(batch_img_metas))
 
     @staticmethod
     def _divide_box_losses_as_ld_head(losses: dict, levels: list) -> None:

@@ -9,6 +9,7 @@ from mmengine.hooks import Hook
 from ..digest import file_sha256
 from ..domain.classes import classes_difference
 from ..domain.head import head_mismatch
+from ..domain.region_rule import region_rule, rule_mismatch, stored_rule
 from ..domain.ld_config import flip_probability
 from ..errors import BadInputError, StoreMismatchError
 from ..store.attrs import HeadGeometry, RegionAttrs
@@ -72,12 +73,11 @@ def check_store_fits(reader: StoreReader, ann_file: str | None, image_ids, head,
                                  f"({mismatch}): give the student the store's values, or re-dump with a teacher "
                                  "config of the student's")
     region = attrs.region
-    assigner = getattr(head, "assigner", None)
-    if assigner is not None and getattr(assigner, "topk", region.topk) != region.topk:
-        raise StoreMismatchError(f"the student's ATSS assigner uses topk {assigner.topk} but store {reader.path} "
-                                 f"holds the Main region of topk {region.topk}; set model.train_cfg.assigner.topk="
-                                 f"{region.topk}, or re-dump with a teacher config whose assigner has topk "
-                                 f"{assigner.topk}")
+    mismatch = rule_mismatch(stored_rule(region), region_rule(head))
+    if mismatch:
+        raise StoreMismatchError(f"the student's regions differ from those of store {reader.path} ({mismatch}): "
+                                 "give the student the store's settings, or re-dump with an LD config of this "
+                                 "student (`ldcache dump-teacher LD_CONFIG`), which takes the student's rules")
     losses = getattr(head, "ld_losses", {})
     uses_vlr = losses.get("loss_ld_vlr") is not None or losses.get("loss_kd_vlr") is not None
     if uses_vlr and head.vlr_metric not in region.vlr_metrics:

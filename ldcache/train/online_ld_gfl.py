@@ -11,20 +11,21 @@ from mmdet.registry import MODELS
 
 from ..domain.rows import RegionRowMaker, gather_logits
 from ..domain.ld_config import load_config
-from ..domain.teacher import DEFAULT_TOPK, build_teacher
+from ..domain.region_rule import region_rule
+from ..domain.teacher import build_teacher
 from ..domain.grid import featmap_sizes
 from ..store.targets import targets_from_rows
 
 
 @MODELS.register_module()
 class OnlineLDGFL(GFL):
-    """A single-stage detector with a cached-LD head (CachedLDHead, CachedLDATSSHead) whose targets
-    come from a live teacher.
+    """A single-stage detector with a cached-LD head (CachedLDHead and the family heads of
+    docs/families.md) whose targets come from a live teacher.
 
     The teacher is kept out of the module tree: it is not trained, not in the optimizer, not
     saved in checkpoints, and moved to the student's device when first used. The rows are cut at
-    the head's own ``vlr_gamma`` and the ATSS ``topk`` of ``train_cfg.assigner``, as a store
-    dumped for this config holds them.
+    the head's own ``vlr_gamma`` by the student head's region rules (its assigner and family), as
+    a store dumped for this config holds them.
 
     Args:
         teacher_config (str): The teacher's mmdet config.
@@ -42,9 +43,8 @@ class OnlineLDGFL(GFL):
             p.requires_grad_(False)
         self.__dict__["teacher"] = teacher  # not a submodule
         strides = [int(s[0]) for s in teacher.bbox_head.prior_generator.strides]
-        topk = int(((self.train_cfg or {}).get("assigner") or {}).get("topk", DEFAULT_TOPK))
         self.row_maker = RegionRowMaker(teacher.bbox_head.prior_generator, strides, "distill",
-                                        self.bbox_head.vlr_gamma, topk)
+                                        self.bbox_head.vlr_gamma, region_rule(self.bbox_head))
         self.strides = strides
 
     def loss(self, batch_inputs: torch.Tensor, batch_data_samples) -> dict:
@@ -59,6 +59,6 @@ class OnlineLDGFL(GFL):
             pad = tuple(sample.pad_shape)
             grid = featmap_sizes(pad, self.strides)
             rows = self.row_maker.rows(sample.gt_instances.bboxes, pad)
-            values = gather_logits(cls_scores, bbox_preds, i, rows, grid)
+            values = gather_logits(cls_scores, bbox_preds, i, rows, grid, self.row_maker.priors_per_location)
             sample.set_metainfo({"ld_targets": targets_from_rows(rows, values, grid, teacher.bbox_head.num_classes)})
         return super().loss(batch_inputs, batch_data_samples)
