@@ -19,57 +19,160 @@ with the same schedule, seeds and data order under each row:
 
 'weight_sum' loss weights: bench/ld_calibration.py's COCO-geometry sums at 2 images per GPU,
 with the students' mean confidence at their positives (ld_main_weight_mean) over the
-main_ld_vlr@per_image runs. Each choice is made on the first --select-seeds seeds; the rows
-chosen (and the baseline) then get every seed, and the online row every seed. Runs are separate
-processes, --jobs at a time, each with torch threads = 2 / jobs; finished runs (OUT/runs.jsonl)
-are not redone, so an interrupted experiment resumes. The tables go to docs/results.md (with a
-summary in docs/results.json, which the demo quotes); the analysis under them is kept.
+main_ld_vlr@per_image runs. Each row's LD and KD terms start from the head class's defaults
+(not from configs/tiny/ld_r18_tiny_cached.py, which holds the recipe chosen here). Each choice
+is made on the first --select-seeds seeds; the rows chosen (and the baseline) then get every
+seed, and the online row every seed. Runs are separate processes, --jobs at a time, each with
+torch threads = 2 / jobs; finished runs (OUT/runs.jsonl, keyed by row, seed and --student-epochs)
+are not redone, so an interrupted experiment resumes.
+The tables go to docs/results.md (with a summary in docs/results.json, which the demo quotes);
+every '## ' section under them (the analysis, the families' tables) is kept.
 
     python bench/ld_experiment.py --seeds 0 1 2 3 4
+
+With --family NAME (retina, fcos, atss, gflv2), the paper's Table 5 on the same data for that
+family instead: the teacher is the family's tiny config with a ResNet-34 backbone (ResNet-18's
+channels, so the neck fits), trained on train and dumped once; the ResNet-18 student runs
+
+    baseline                      the plain family config (configs/tiny/<family>_dist_tiny.py)
+    ld@official                   the cached-LD student (ld_<family>_dist_tiny_cached.py) at its
+                                  head's official LD and KD loss weights
+    ld@official/10                every LD and KD loss weight / 10 (the official strengths were
+                                  tuned for pretrained backbones on COCO)
+        -> the recipe: the LD row of the better mean val AP on the first --select-seeds seeds
+
+then baseline and recipe on every seed (3 by default), on test, paired by seed, with the CPU time
+of each run. Defaults: teacher 36 epochs, students 24 (LR drops at 2/3 and 11/12 of the
+iterations, as above). Every student validates every --student-val-interval epochs (a sixth of
+the schedule); the baseline's val curve tells whether its schedule has converged (val AP gains
+less than 0.01 over the last third of training), printed after the baseline's runs, which come
+first (before the teacher), and stated in the table. --baseline-only stops there: a cheap way to
+pick --student-epochs, whose baseline runs the full experiment then reuses. OUT is
+work_dirs/experiment_<family>; the family's own section of docs/results.md ("## Table 5 on shapes:
+<Family>", placed in the order of FAMILIES) and its entry under "families" in docs/results.json are
+replaced, the rest of both files kept.
+
+    python bench/ld_experiment.py --family retina --seeds 0 --baseline-only   # the schedule
+    python bench/ld_experiment.py --family retina --select-seeds 2
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TEACHER = REPO / "configs/tiny/gfl_r34_tiny_teacher.py"
-BASELINE = REPO / "configs/tiny/gfl_r18_tiny.py"
-CACHED = REPO / "configs/tiny/ld_r18_tiny_cached.py"
+TINY = REPO / "configs/tiny"
+TEACHER = TINY / "gfl_r34_tiny_teacher.py"
+BASELINE = TINY / "gfl_r18_tiny.py"
+CACHED = TINY / "ld_r18_tiny_cached.py"
 # Normalisation candidates; "/10" divides both LD loss weights by 10 (the official strength is far
 # above the task losses for a student trained from scratch for a few epochs).
 NORMALIZATIONS = ("per_image", "weight_sum", "per_image/10")
 KD_REDUCTIONS = ("official", "class_sum")
-ANALYSIS_HEADING = "## What it shows"
 HEAD = "model.bbox_head."
+# The head's LD and KD terms (CachedLD's loss arguments); None switches one off.
+LD_KD_TERMS = ("loss_ld", "loss_ld_vlr", "loss_kd", "loss_kd_vlr")
+# A family's LD rows: its head's official weights, and all of them divided by 10.
+FAMILY_LD_ROWS = ("ld@official", "ld@official/10")
+# The issue's convergence rule: the baseline's val AP gains less than this over the last third.
+CONVERGED_GAIN = 0.01
+FAMILY_HEADING = "## Table 5 on shapes: "
 
 
-def row_options(row: str, weights: dict) -> dict:
-    """The head options of a row name such as 'full@per_image,kd=class_sum' (online: prefix aside)."""
+@dataclass(frozen=True)
+class Family:
+    """A detector family: its plain and cached-LD student configs and its teacher (a config and the
+    cfg options that make it the teacher)."""
+
+    name: str
+    title: str
+    plain: Path
+    cached: Path
+    teacher: Path
+    teacher_options: dict = field(default_factory=dict)
+    # Defaults of the options the GFL experiment and a family's Table 5 set differently.
+    defaults: dict = field(default_factory=dict)
+
+
+GFL = Family("gfl", "GFL", BASELINE, CACHED, TEACHER, defaults={
+    "seeds": [0, 1, 2, 3, 4], "teacher_epochs": 12, "student_epochs": 2, "out": REPO / "work_dirs/experiment"})
+FAMILIES = {name: Family(name, title, TINY / f"{name}_dist_tiny.py", TINY / f"ld_{name}_dist_tiny_cached.py",
+                         TINY / f"{name}_dist_tiny.py", {"model.backbone.depth": 34},
+                         {"seeds": [0, 1, 2], "teacher_epochs": 36, "student_epochs": 24,
+                          "out": REPO / f"work_dirs/experiment_{name}"})
+            for name, title in (("retina", "RetinaNet"), ("fcos", "FCOS"), ("atss", "ATSS"), ("gflv2", "GFLv2"))}
+
+
+@dataclass(frozen=True)
+class HeadLosses:
+    """The LD and KD terms of a cached-LD config's head: what the config sets (`own`, its bbox_head)
+    and its head class's __init__ defaults (the first class of the MRO that names the argument:
+    the family heads pass the others on to CachedLD)."""
+
+    own: dict
+    defaults: dict
+
+    @classmethod
+    def of(cls, config: Path) -> HeadLosses:
+        from mmdet.registry import MODELS
+
+        from ldcache.domain.ld_config import load_config
+
+        head = load_config(config).model.bbox_head  # imports the config's custom_imports: the head is registered
+        init_params = [inspect.signature(klass.__init__).parameters
+                       for klass in MODELS.get(head.type).__mro__ if "__init__" in vars(klass)]
+        return cls(head, {name: next(p[name].default for p in init_params if name in p) for name in LD_KD_TERMS})
+
+    def built(self) -> dict[str, dict]:
+        """The terms the head is built with (those switched on): the config's, else the defaults."""
+        return {name: dict(cfg) for name in LD_KD_TERMS if (cfg := self.own.get(name, self.defaults[name]))}
+
+    def options(self, losses: dict) -> dict:
+        """Config options that set these terms whole (a loss config, or None: off) whatever the
+        config has there: mmengine merges a dict into a dict only, so `_delete_` where it has one."""
+        return {HEAD + name: {**cfg, "_delete_": True} if cfg and name in self.own else cfg
+                for name, cfg in losses.items()}
+
+
+def row_options(row: str, weights: dict, head: HeadLosses) -> dict:
+    """The head options of a row name such as 'full@per_image,kd=class_sum' (online: prefix aside).
+    Its terms start from the head class's defaults, not from the config's recipe (which this
+    experiment chose), and the others are switched off."""
     kind, _, rest = row.removeprefix("online:").partition("@")
     norm, _, kd = rest.partition(",kd=")
     norm, _, divisor = norm.partition("/")
-    options = {HEAD + "normalize": norm}
-    if kind == "main_ld":
-        options.update({HEAD + "loss_kd": None, HEAD + "loss_ld_vlr": None})
-    elif kind == "main_ld_vlr":
-        options[HEAD + "loss_kd"] = None
-    else:
-        assert kind == "full", row
+    on = {"main_ld": ("loss_ld",), "main_ld_vlr": ("loss_ld", "loss_ld_vlr"),
+          "full": ("loss_ld", "loss_ld_vlr", "loss_kd")}[kind]
+    losses = {name: dict(head.defaults[name]) if name in on else None for name in LD_KD_TERMS}
+    for name in ("loss_ld", "loss_ld_vlr"):  # the LD terms' weights (KD's stays the default)
+        if losses[name]:
+            weight = weights[name] if norm == "weight_sum" else losses[name]["loss_weight"]
+            losses[name]["loss_weight"] = weight / float(divisor or 1)
+    options = {HEAD + "normalize": norm, **head.options(losses)}
+    if kind == "full":
         options[HEAD + "kd_reduction"] = kd
-    ld_weights = weights if norm == "weight_sum" else {"loss_ld": 0.25, "loss_ld_vlr": 0.25}
-    for name, weight in ld_weights.items():
-        if HEAD + name in options:  # switched off
-            continue
-        options[HEAD + name + ".loss_weight"] = weight / float(divisor or 1)
     return options
+
+
+def family_row_options(row: str, head: HeadLosses) -> dict:
+    """The head options of a family row, 'ld@official' or 'ld@official/D': every LD and KD loss
+    weight the head is built with divided by D."""
+    divisor = float(row.partition("/")[2] or 1)
+    if divisor == 1:
+        return {}
+    return head.options({name: {**cfg, "loss_weight": cfg["loss_weight"] / divisor}
+                         for name, cfg in head.built().items()})
 
 
 def test_split_options(root: Path) -> dict:
@@ -87,14 +190,21 @@ def logged_mean(work_dir: Path, key: str) -> float | None:
 
 
 def val_curve(work_dir: Path) -> list[tuple[int, float]]:
-    """(epoch, val AP) of every validation of the newest run in work_dir."""
+    """(epoch, val AP) of every validation of the newest run in work_dir. A validation is a record
+    without the training's "iter"; one without COCO metrics found no box (mmdet's CocoMetric then
+    returns nothing): 0 AP."""
     logs = sorted(work_dir.glob("*/vis_data/scalars.json"))
     curve = {}
     for line in (logs[-1].read_text().splitlines() if logs else []):
         record = json.loads(line)
-        if "coco/bbox_mAP" in record:
-            curve.setdefault(int(record["step"]), float(record["coco/bbox_mAP"]))
+        if "iter" not in record:
+            curve.setdefault(int(record["step"]), float(record.get("coco/bbox_mAP", 0.0)))
     return sorted(curve.items())
+
+
+def iterations_per_epoch(train_images: int) -> int:
+    """Batches of 8 in one epoch (the shapes configs' batch size; the last batch may be short)."""
+    return -(-train_images // 8)
 
 
 def train_one(job: dict) -> dict:
@@ -108,44 +218,61 @@ def train_one(job: dict) -> dict:
 
     torch.set_num_threads(job["threads"])
     os.environ["LDCACHE_DATA_ROOT"] = job["root"] + "/"
-    root, work, row = Path(job["root"]), Path(job["work"]), job["row"]
-    options = {**scaled_iteration_schedule(job["epochs"], -(-job["train_images"] // 8)),
-               "train_cfg.val_interval": job["epochs"] + 1,
-               "randomness.seed": job["seed"], "default_hooks.logger.interval": 10, **test_split_options(root)}
+    root, work, row, epochs = Path(job["root"]), Path(job["work"]), job["row"], job["epochs"]
+    # One checkpoint, at the end: nothing reads the students' (about 140 MB with AdamW's state).
+    options = {**scaled_iteration_schedule(epochs, iterations_per_epoch(job["train_images"])),
+               "train_cfg.val_interval": job["val_interval"], "default_hooks.checkpoint.interval": epochs,
+               "randomness.seed": job["seed"], "default_hooks.logger.interval": 10, **test_split_options(root),
+               **job["options"]}
     start, cpu_start = time.perf_counter(), time.process_time()
     if row == "baseline":
-        runner = runner_from_config(BASELINE, work, options)
-    elif row.startswith("online:"):
-        runner = build_student_runner(CACHED, teacher=(TEACHER, Path(job["checkpoint"])), work_dir=work,
-                                      cfg_options={**options, **row_options(row, job["weights"])})
+        runner = runner_from_config(job["config"], work, options)
     else:
-        runner = build_student_runner(CACHED, cache=Path(job["store"]), work_dir=work,
-                                      cfg_options={**options, **row_options(row, job["weights"])})
+        source = ({"teacher": (Path(job["teacher"]), Path(job["checkpoint"]))} if row.startswith("online:")
+                  else {"cache": Path(job["store"])})
+        runner = build_student_runner(job["config"], work_dir=work, cfg_options=options, **source)
     runner.train()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    record = {"row": row, "seed": job["seed"], "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu, 1),
-              "ld_main_weight_mean": logged_mean(work, "ld_main_weight_mean")}
+    record = {"row": row, "seed": job["seed"], "epochs": epochs, "train_seconds": round(seconds, 1),
+              "train_cpu_seconds": round(cpu, 1), "ld_main_weight_mean": logged_mean(work, "ld_main_weight_mean"),
+              "val_curve": val_curve(work)}
     for split, evaluate in (("val", runner.val), ("test", runner.test)):
         record.update({f"{split}_{k}": v for k, v in coco_ap(evaluate()).items()})
     return record
 
 
-class Experiment:
-    """The runs of the experiment: each (row, seed) once, recorded in OUT/runs.jsonl."""
+@dataclass(frozen=True)
+class Inputs:
+    """What the student runs read: the dataset's root, and the teacher's store and checkpoint (not
+    yet known while a family's baselines run first)."""
 
-    def __init__(self, args, root: Path, store: Path, checkpoint: Path):
-        self.args, self.root, self.store, self.checkpoint = args, root, store, checkpoint
+    root: Path
+    store: Path | None = None
+    checkpoint: Path | None = None
+
+
+class Experiment:
+    """The runs of one family's experiment: each (row, seed) once at --student-epochs, recorded in
+    OUT/runs.jsonl. `options(row)` gives an LD row's config options."""
+
+    def __init__(self, args, family: Family, inputs: Inputs, options: Callable[[str], dict]):
+        self.args, self.family, self.inputs, self.options = args, family, inputs, options
         self.log = args.out / "runs.jsonl"
         self.records = [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
-        self.weights: dict = {}
 
-    def runs(self, row: str) -> list[dict]:
-        return [r for r in self.records if r["row"] == row and r["seed"] in self.args.seeds]
+    def runs(self, row: str, seeds: list[int] | None = None) -> list[dict]:
+        """The records of a row at this schedule, for `seeds` (default: all). Records written before
+        they carried their epochs are taken to be at this schedule."""
+        return [r for r in self.records if r["row"] == row and r["seed"] in (seeds or self.args.seeds)
+                and r.get("epochs", self.args.student_epochs) == self.args.student_epochs]
+
+    def rows(self) -> list[str]:
+        """The rows with runs at this schedule and these seeds, in the order they were first run."""
+        return [row for row in dict.fromkeys(r["row"] for r in self.records) if self.runs(row)]
 
     def run(self, rows: list[str], seeds: list[int] | None = None) -> None:
         """Every seed (of `seeds`, or all) of these rows not yet recorded, --jobs at a time."""
-        todo = [(row, seed) for seed in (seeds or self.args.seeds) for row in rows
-                if not any(r["row"] == row and r["seed"] == seed for r in self.records)]
+        todo = [(row, seed) for seed in (seeds or self.args.seeds) for row in rows if not self.runs(row, [seed])]
         with ThreadPoolExecutor(self.args.jobs) as pool:
             for record in pool.map(lambda job: self._subprocess(*job), todo):
                 self.records.append(record)
@@ -155,10 +282,13 @@ class Experiment:
 
     def _subprocess(self, row: str, seed: int) -> dict:
         work = self.args.out / "".join(c if c.isalnum() else "_" for c in row) / f"seed{seed}"
+        plain = row == "baseline"
         job = {"row": row, "seed": seed, "epochs": self.args.student_epochs, "train_images": self.args.train,
-               "root": str(self.root),
-               "store": str(self.store), "checkpoint": str(self.checkpoint), "work": str(work),
-               "weights": self.weights, "threads": max(1, 2 // self.args.jobs)}
+               "val_interval": self.args.student_val_interval, "root": str(self.inputs.root),
+               "config": str(self.family.plain if plain else self.family.cached),
+               "options": {} if plain else self.options(row), "store": str(self.inputs.store),
+               "teacher": str(self.family.teacher), "checkpoint": str(self.inputs.checkpoint), "work": str(work),
+               "threads": max(1, 2 // self.args.jobs)}
         work.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"])}
         with open(work / "run.log", "w") as log:
@@ -166,53 +296,99 @@ class Experiment:
                            stdout=log, stderr=subprocess.STDOUT)
         return json.loads((work / "record.json").read_text())
 
-    def mean(self, row: str, key: str = "val_bbox_mAP") -> float:
-        return statistics.mean(r[key] for r in self.runs(row))
+    def mean(self, row: str, key: str = "val_bbox_mAP", seeds: list[int] | None = None) -> float:
+        return statistics.mean(r[key] for r in self.runs(row, seeds))
 
-    def best(self, rows: list[str]) -> str:
-        """The row of the highest mean val AP."""
-        return max(rows, key=self.mean)
+    def best(self, rows: list[str], seeds: list[int] | None = None) -> str:
+        """The row of the highest mean val AP (over `seeds`, default all); the first listed on a tie."""
+        return max(rows, key=lambda row: self.mean(row, seeds=seeds))
 
 
-def run_experiment(args) -> None:
-    from ld_calibration import weight_sum_weights
-    from ldcache.demo.run import run_once, train_and_test
+def shapes_root(args) -> Path:
+    """The dataset of --train/--val/--test images, made if needed; LDCACHE_DATA_ROOT points at it."""
     from ldcache.demo.shapes import ShapesSpec, ensure_shapes_dataset
-    from ldcache.dump.run import DumpOptions, run_dump
-    from ldcache.domain.views import parse_views
-    from ldcache.train.schedule import scaled_schedule
 
     root = ensure_shapes_dataset(ShapesSpec(num_train=args.train, num_val=args.val, num_test=args.test, seed=100))
     os.environ["LDCACHE_DATA_ROOT"] = str(root) + "/"
     args.out.mkdir(parents=True, exist_ok=True)
-    teacher = run_once(args.out / "teacher", lambda: train_and_test(
-        TEACHER, args.out / "teacher", {**scaled_schedule(args.teacher_epochs, args.teacher_val_interval),
-                                        "default_hooks.logger.interval": 20}))
+    return root
+
+
+def teacher_and_store(args, family: Family, root: Path) -> tuple[Inputs, dict]:
+    """The family's teacher trained on train, and its dump: each done once and reused. Returns them
+    and their facts for the results."""
+    from ldcache.demo.run import run_once, train_and_test
+    from ldcache.dump.run import DumpOptions, run_dump
+    from ldcache.domain.views import parse_views
+    from ldcache.train.schedule import scaled_schedule
+
+    # One checkpoint, at the end (the dump's): run_once redoes an unfinished teacher from the start.
+    options = {**scaled_schedule(args.teacher_epochs, args.teacher_val_interval), "default_hooks.logger.interval": 20,
+               "default_hooks.checkpoint.interval": args.teacher_epochs, **family.teacher_options}
+    teacher = run_once(args.out / "teacher", lambda: train_and_test(family.teacher, args.out / "teacher", options))
     checkpoint = Path((args.out / "teacher" / "last_checkpoint").read_text().strip())
     store = args.out / "teacher.zarr"
     dump_info = run_once(args.out / "dump", lambda: run_dump(DumpOptions(
-        TEACHER, checkpoint, root / "annotations/instances_train.json", root / "images/train", store,
-        parse_views([(320, 320)], flip=True), workers=0, resume=store.exists())).to_dict())
+        family.teacher, checkpoint, root / "annotations/instances_train.json", root / "images/train", store,
+        parse_views([(320, 320)], flip=True), workers=0, resume=store.exists(),
+        cfg_options=family.teacher_options or None)).to_dict())
+    facts = {"argv": " ".join(sys.argv[1:]), "teacher": teacher, "teacher_curve": val_curve(args.out / "teacher"),
+             "dump_seconds": dump_info["seconds"]}
+    return Inputs(root, store, checkpoint), facts
 
-    exp = Experiment(args, root, store, checkpoint)
+
+def run_experiment(args) -> None:
+    """The GFL experiment, or with --family a family's Table 5; the results go to --results."""
+    root = shapes_root(args)
+    if args.family:
+        run_family(args, FAMILIES[args.family], root)
+    else:
+        run_gfl(args, root)
+
+
+def run_gfl(args, root: Path) -> None:
+    """The GFL rows of the module docstring, each choice on val, then the tables."""
+    from ld_calibration import weight_sum_weights
+
+    inputs, setup = teacher_and_store(args, GFL, root)
+    weights: dict = {}  # 'weight_sum' loss weights, once the students' confidence is known
+    head = HeadLosses.of(GFL.cached)
+    exp = Experiment(args, GFL, inputs, lambda row: row_options(row, weights, head))
     # Choices are made on the val AP of the first --select-seeds seeds; the rows chosen then get every seed.
     select = args.seeds[:args.select_seeds]
     exp.run(["baseline", "main_ld_vlr@per_image"], select)
     confidence = statistics.mean(r["ld_main_weight_mean"] for r in exp.runs("main_ld_vlr@per_image"))
-    exp.weights = weight_sum_weights(confidence)
+    weights.update(weight_sum_weights(confidence))
     exp.run([f"main_ld_vlr@{n}" for n in NORMALIZATIONS], select)
-    norm = exp.best([f"main_ld_vlr@{n}" for n in NORMALIZATIONS]).split("@")[1]
+    norm = exp.best([f"main_ld_vlr@{n}" for n in NORMALIZATIONS], select).split("@")[1]
     exp.run([f"full@{norm},kd={kd}" for kd in KD_REDUCTIONS], select)
-    kd = exp.best([f"full@{norm},kd={kd}" for kd in KD_REDUCTIONS]).split("=")[1]
+    kd = exp.best([f"full@{norm},kd={kd}" for kd in KD_REDUCTIONS], select).split("=")[1]
     exp.run([f"main_ld@{norm}"], select)
-    chosen = exp.best([f"main_ld@{norm}", f"main_ld_vlr@{norm}", f"full@{norm},kd={kd}"])
+    chosen = exp.best([f"main_ld@{norm}", f"main_ld_vlr@{norm}", f"full@{norm},kd={kd}"], select)
     exp.run(["baseline", f"main_ld@{norm}", f"main_ld_vlr@{norm}", f"full@{norm},kd={kd}"])
     exp.run([f"online:{chosen}"])
-    setup = {"argv": " ".join(sys.argv[1:]), "teacher": teacher, "teacher_curve": val_curve(args.out / "teacher"),
-             "dump_seconds": dump_info["seconds"], "norm": norm, "kd": kd, "chosen": chosen,
-             "confidence": confidence, "weights": exp.weights}
+    setup.update({"norm": norm, "kd": kd, "chosen": chosen, "confidence": confidence, "weights": weights})
     write_results(exp, setup, args.results)
     print(args.results.read_text())
+
+
+def run_family(args, family: Family, root: Path) -> None:
+    """A family's Table 5: the baseline first (its convergence printed; the teacher is not needed
+    yet), the LD recipe chosen on val, then both on every seed; its section of --results."""
+    head = HeadLosses.of(family.cached)
+    exp = Experiment(args, family, Inputs(root), lambda row: family_row_options(row, head))
+    select = args.seeds[:args.select_seeds]
+    exp.run(["baseline"], select)
+    print(convergence_text(convergence(exp)), flush=True)
+    if args.baseline_only:
+        return
+    exp.inputs, setup = teacher_and_store(args, family, root)
+    exp.run(list(FAMILY_LD_ROWS), select)
+    chosen = exp.best(list(FAMILY_LD_ROWS), select)
+    exp.run(["baseline", chosen])
+    setup.update({"chosen": chosen, "select": select, "losses": head.built(),
+                  "selection": {row: exp.mean(row, seeds=select) for row in ("baseline", *FAMILY_LD_ROWS)}})
+    print(write_family_results(exp, setup, args.results))
 
 
 def paired(exp: Experiment, row: str, key: str = "test_bbox_mAP") -> list[float]:
@@ -225,7 +401,46 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} +- {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
 
 
+def table_lines(exp: Experiment) -> list[str]:
+    """The results table: per row, its APs over its seeds, its test AP minus the baseline's paired by
+    seed, and the wall and CPU seconds of its training (with its validations)."""
+    lines = ["| row | seeds | val AP | test AP | test AP50 | test AP75 | test AP - baseline, paired (mean +- std) | "
+             "per seed | wall s/run | CPU s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in exp.rows():
+        runs = exp.runs(row)
+        diffs = paired(exp, row) if row != "baseline" else []
+        lines.append(" | ".join([
+            f"| {row}", str(len(runs)), _mean_std([r["val_bbox_mAP"] for r in runs]),
+            _mean_std([r["test_bbox_mAP"] for r in runs]), _mean_std([r["test_bbox_mAP_50"] for r in runs]),
+            _mean_std([r["test_bbox_mAP_75"] for r in runs]), _mean_std(diffs) if diffs else "",
+            " ".join(f"{d:+.3f}" for d in diffs),
+            f"{statistics.mean(r['train_seconds'] for r in runs):.0f}",
+            f"{statistics.mean(r['train_cpu_seconds'] for r in runs):.0f} |"]))
+    return lines
+
+
+def split_sections(text: str) -> list[str]:
+    """A markdown file cut before each '## ' heading: the part above the first (maybe empty), then
+    one chunk per section."""
+    return re.split(r"(?m)^(?=## )", text)
+
+
+def join_sections(chunks: list[str]) -> str:
+    return "\n\n".join(chunk.strip("\n") for chunk in chunks if chunk.strip()) + "\n"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def write_results(exp: Experiment, setup: dict, out: Path) -> None:
+    """The GFL part: the top of `out` (above its first '## ' section, all of which are kept) and the
+    top-level keys of its .json (its "families" kept)."""
     args = exp.args
     curve = ", ".join(f"{e}: {ap:.3f}" for e, ap in setup["teacher_curve"])
     lines = [
@@ -243,25 +458,13 @@ def write_results(exp: Experiment, setup: dict, out: Path) -> None:
         f"(online twin below). `weight_sum` weights: loss_ld {setup['weights']['loss_ld']:.2f}, loss_ld_vlr "
         f"{setup['weights']['loss_ld_vlr']:.2f} (students' mean confidence at positives {setup['confidence']:.3f}).",
         "",
-        "| row | seeds | val AP | test AP | test AP50 | test AP75 | test AP - baseline, paired (mean +- std) | "
-        "per seed | wall s/run | CPU s/run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *table_lines(exp),
     ]
-    rows = list(dict.fromkeys(r["row"] for r in exp.records if r["seed"] in args.seeds))
-    for row in rows:
-        runs = exp.runs(row)
-        diffs = paired(exp, row) if row != "baseline" else []
-        lines.append(" | ".join([
-            f"| {row}", str(len(runs)), _mean_std([r["val_bbox_mAP"] for r in runs]),
-            _mean_std([r["test_bbox_mAP"] for r in runs]), _mean_std([r["test_bbox_mAP_50"] for r in runs]),
-            _mean_std([r["test_bbox_mAP_75"] for r in runs]), _mean_std(diffs) if diffs else "",
-            " ".join(f"{d:+.3f}" for d in diffs),
-            f"{statistics.mean(r['train_seconds'] for r in runs):.0f}",
-            f"{statistics.mean(r['train_cpu_seconds'] for r in runs):.0f} |"]))
-    previous = out.read_text() if out.is_file() else ""
-    kept = previous[previous.index(ANALYSIS_HEADING):] if ANALYSIS_HEADING in previous else ""
-    out.write_text("\n".join(lines) + "\n" + ("\n" + kept if kept else ""))
-    out.with_suffix(".json").write_text(json.dumps(verdict(exp, setup["chosen"]), indent=2) + "\n")
+    chunks = split_sections(out.read_text() if out.is_file() else "")
+    chunks[0] = "\n".join(lines)
+    out.write_text(join_sections(chunks))
+    families = {k: v for k, v in read_json(out.with_suffix(".json")).items() if k == "families"}
+    write_json(out.with_suffix(".json"), {**verdict(exp, setup["chosen"]), **families})
 
 
 def verdict(exp: Experiment, row: str) -> dict:
@@ -275,22 +478,166 @@ def verdict(exp: Experiment, row: str) -> dict:
             "student_epochs": exp.args.student_epochs, "train_images": exp.args.train}
 
 
-def main() -> None:
+def last_third_gain(run: dict, epochs: int) -> tuple[int, float] | None:
+    """(epoch, gain): the run's last validation at or before 2/3 of its epochs, and the val AP gained
+    from it to the end of training; None when it has no such validation."""
+    start = [(epoch, ap) for epoch, ap in run.get("val_curve", []) if 3 * epoch <= 2 * epochs]
+    return (start[-1][0], run["val_bbox_mAP"] - start[-1][1]) if start else None
+
+
+def convergence(exp: Experiment) -> dict:
+    """The baseline's schedule, its val AP by epoch (mean over its seeds) and whether it has converged
+    by the issue's rule: its val AP, on average over the seeds, gains less than CONVERGED_GAIN over
+    the last third of training (None when not measured: no validation early enough)."""
+    args, runs = exp.args, sorted(exp.runs("baseline"), key=lambda r: r["seed"])
+    gains = [last_third_gain(r, args.student_epochs) for r in runs]
+    measured = bool(runs) and None not in gains
+    epochs = sorted(set.intersection(*(set(e for e, _ in r.get("val_curve", [])) for r in runs))) if runs else []
+    mean_gain = statistics.mean(g for _, g in gains) if measured else None
+    return {"epochs": args.student_epochs, "iterations": args.student_epochs * iterations_per_epoch(args.train),
+            "val_interval": args.student_val_interval, "seeds": [r["seed"] for r in runs],
+            "val_ap_by_epoch": [[e, round(statistics.mean(dict(r["val_curve"])[e] for r in runs), 4)] for e in epochs],
+            "from_epoch": gains[0][0] if measured else None,
+            "gains": [round(g, 4) for _, g in gains] if measured else [],
+            "mean_gain": None if mean_gain is None else round(mean_gain, 4),
+            "converged": None if mean_gain is None else mean_gain < CONVERGED_GAIN}
+
+
+def convergence_text(c: dict) -> str:
+    """The baseline's schedule and convergence (a `convergence` dict) in one paragraph."""
+    curve = ", ".join(f"{e}: {ap:.3f}" for e, ap in c["val_ap_by_epoch"]) or "none logged"
+    text = (f"Baseline schedule: {c['epochs']} epochs = {c['iterations']} iterations. Its val AP by epoch (mean of "
+            f"seeds {c['seeds']}): {curve}.")
+    if c["converged"] is None:
+        return text + (f" Convergence not measured: no validation at or before epoch {2 * c['epochs'] // 3} "
+                       "(2/3 of training; see --student-val-interval).")
+    verdict_word = (f"converged (under {CONVERGED_GAIN})" if c["converged"]
+                    else f"NOT converged ({CONVERGED_GAIN} or more: lengthen --student-epochs)")
+    return text + (f" Gain over the last third of training (epoch {c['from_epoch']} to {c['epochs']}): "
+                   f"{c['mean_gain']:+.3f} (per seed {' '.join(f'{g:+.3f}' for g in c['gains'])}): {verdict_word}.")
+
+
+def verdict_text(exp: Experiment, row: str) -> str:
+    """The LD row against the baseline in words: as plain when it does not help as when it does."""
+    v, diffs = verdict(exp, row), paired(exp, row)
+    if v["improves"]:
+        words = ("helps: above the baseline by more than the seeds' spread" if v["beyond_spread"] else
+                 "does not help beyond the seeds' spread (above the baseline on average, within the spread)")
+    else:
+        words = ("hurts: below the baseline by more than the seeds' spread" if v["beyond_spread"] else
+                 "does not help: not above the baseline on average, within the seeds' spread")
+    return (f"**Result: cached LD (`{row}`) {words}.** Test AP minus the baseline's, paired by seed: "
+            f"{v['paired_mean']:+.3f} +- {v['paired_std']:.3f} over {v['seeds']} seeds "
+            f"(per seed {' '.join(f'{d:+.3f}' for d in diffs)}).")
+
+
+def family_section(exp: Experiment, setup: dict) -> str:
+    """A family's section of the results: its setup, the baseline's convergence, the recipe chosen
+    on val, the table and the result in words."""
+    args, family, chosen = exp.args, exp.family, setup["chosen"]
+    teacher_curve = ", ".join(f"{e}: {ap:.3f}" for e, ap in setup["teacher_curve"])
+    weights = ", ".join(f"{name} {cfg['loss_weight']:g}" for name, cfg in setup["losses"].items())
+    selection = ", ".join(f"`{row}` {ap:.3f}" for row, ap in setup["selection"].items())
+    lines = [
+        FAMILY_HEADING + family.title,
+        "",
+        f"Produced by `python bench/ld_experiment.py {setup['argv']}` on a 2-core CPU machine (no GPU), "
+        f"{args.jobs} run(s) at a time; {args.train} train, {args.val} val, {args.test} test images.",
+        f"Teacher: {family.title} R34 tiny (`{family.teacher.relative_to(REPO)}` with `model.backbone.depth=34`), "
+        f"{args.teacher_epochs} epochs, val AP {setup['teacher'].get('bbox_mAP', float('nan')):.3f} "
+        f"(by epoch: {teacher_curve}); dump {setup['dump_seconds']:.0f} s (identity + flipped view).",
+        f"Students: {family.title} R18 tiny from scratch, AdamW, batch 8, the learning rate / 10 at 2/3 and 11/12 "
+        f"of the iterations, val AP every {args.student_val_interval} epochs; the same seeds (weights and data "
+        "order) in every row.",
+        "",
+        convergence_text(convergence(exp)),
+        "",
+        f"Recipe, chosen on the mean val AP of seeds {setup['select']}: `{chosen}` ({selection}). Official LD "
+        f"and KD loss weights of `{family.cached.relative_to(REPO)}`: {weights}; `ld@official/10` divides each "
+        "by 10.",
+        "",
+        *table_lines(exp),
+        "",
+        verdict_text(exp, chosen),
+    ]
+    return "\n".join(lines)
+
+
+def family_summary(exp: Experiment, setup: dict) -> dict:
+    """A family's results for docs/results.json: the chosen row's verdict (as the top level has the
+    GFL one), the APs, the costs, the choice and the baseline's convergence."""
+    chosen = setup["chosen"]
+    mean = lambda row, key: round(exp.mean(row, key), 4)  # noqa: E731
+    return {**verdict(exp, chosen), "family": exp.family.title, "argv": setup["argv"],
+            "per_seed": [round(d, 4) for d in paired(exp, chosen)],
+            "baseline_test_ap": mean("baseline", "test_bbox_mAP"), "ld_test_ap": mean(chosen, "test_bbox_mAP"),
+            "train_seconds": {row: mean(row, "train_seconds") for row in ("baseline", chosen)},
+            "train_cpu_seconds": {row: mean(row, "train_cpu_seconds") for row in ("baseline", chosen)},
+            "selection_seeds": setup["select"],
+            "selection_val_ap": {row: round(ap, 4) for row, ap in setup["selection"].items()},
+            "official_loss_weights": {name: cfg["loss_weight"] for name, cfg in setup["losses"].items()},
+            "teacher_epochs": exp.args.teacher_epochs, "teacher_val_ap": setup["teacher"].get("bbox_mAP"),
+            "dump_seconds": setup["dump_seconds"], "convergence": convergence(exp)}
+
+
+def write_family_results(exp: Experiment, setup: dict, out: Path) -> str:
+    """Put the family's section in `out` (replacing its old one; a new one goes before the sections of
+    the families after it, else at the end) and its summary under "families" in the .json; the rest
+    of both files is kept. Returns the section."""
+    section = family_section(exp, setup)
+    chunks = split_sections(out.read_text() if out.is_file() else "")
+    headings = [chunk.partition("\n")[0].strip() for chunk in chunks]
+    order = [FAMILY_HEADING + family.title for family in FAMILIES.values()]
+    mine = FAMILY_HEADING + exp.family.title
+    if mine in headings:
+        chunks[headings.index(mine)] = section
+    else:
+        later = [i for i, heading in enumerate(headings) if heading in order[order.index(mine) + 1:]]
+        chunks.insert(later[0] if later else len(chunks), section)
+    out.write_text(join_sections(chunks))
+    summary = read_json(out.with_suffix(".json"))
+    summary.setdefault("families", {})[exp.family.name] = family_summary(exp, setup)
+    write_json(out.with_suffix(".json"), summary)
+    return section
+
+
+def parse_args() -> argparse.Namespace:
+    """The options; those left unset take the defaults of the GFL experiment or of --family's."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=list(FAMILIES),
+                        help="a family's Table 5 instead of the GFL experiment")
     parser.add_argument("--train", type=int, default=160)
     parser.add_argument("--val", type=int, default=48)
     parser.add_argument("--test", type=int, default=96)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--teacher-epochs", type=int, default=12)
+    parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 3 4; 0 1 2 with --family")
+    parser.add_argument("--teacher-epochs", type=int, help="default 12; 36 with --family")
     parser.add_argument("--teacher-val-interval", type=int, default=2)
-    parser.add_argument("--student-epochs", type=int, default=2)
+    parser.add_argument("--student-epochs", type=int, help="default 2; 24 with --family")
+    parser.add_argument("--student-val-interval", type=int,
+                        help="epochs between the students' validations; default: a sixth of --student-epochs "
+                        "with --family (the baseline's convergence is read from them), none (at the end only) without")
+    parser.add_argument("--baseline-only", action="store_true",
+                        help="with --family: train the baseline on the --select-seeds seeds, print its val curve "
+                        "and convergence, and stop (to pick --student-epochs)")
     parser.add_argument("--select-seeds", type=int, default=3, help="seeds the val choices are made on")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (on 2 cores one run of 2 threads is "
                         "faster than two of one)")
-    parser.add_argument("--out", type=Path, default=REPO / "work_dirs/experiment")
+    parser.add_argument("--out", type=Path, help="default work_dirs/experiment; work_dirs/experiment_<family> "
+                        "with --family")
     parser.add_argument("--results", type=Path, default=REPO / "docs/results.md")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    family = FAMILIES.get(args.family, GFL)
+    for name, value in family.defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.student_val_interval is None:
+        args.student_val_interval = max(1, args.student_epochs // 6) if args.family else args.student_epochs + 1
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.job:
         job = json.loads(args.job)
         record = train_one(job)
