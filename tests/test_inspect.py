@@ -53,12 +53,16 @@ def test_json_summary_matches_the_store(shapes_store):
 
 
 def test_image_plot_is_a_png_of_the_expected_size(shapes_store, tmp_path):
-    image_id = int(zarr.open_group(str(shapes_store), mode="r")["image_ids"][0])
+    from ldcache.inspect.plots import PANEL_IN, SIDE_IN
+
+    group = zarr.open_group(str(shapes_store), mode="r")
+    image_id = int(group["image_ids"][0])
     out = tmp_path / "image.png"
     result = _inspect(shapes_store, "--image", image_id, "--view", 1, "--plot", out)
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert Image.open(out).size == (4 * 6 * 100, 8 * 100)  # 5 levels + the picture, dpi 100
+    maps = int((np.diff(group["ptr"][1]) > 0).sum())  # a map per level with rows, beside the picture
+    assert Image.open(out).size == (round(100 * (PANEL_IN * max(maps + 1, 4) + SIDE_IN)), round(100 * 2.4 * PANEL_IN))
     assert "left edge" in result.stdout and "top classes" in result.stdout
     # One anchor per location: no anchor index, no list of a location's rows, no locations column.
     assert not re.search(r"anchor \d+/", result.stdout) and "rows at this location" not in result.stdout
@@ -398,21 +402,139 @@ def test_anchor_errors_are_one_line(retina_store):
         assert result.returncode == 2 and message in said and "Traceback" not in said, args
 
 
-def test_the_image_plot_names_the_anchor(retina_store, tmp_path, monkeypatch):
-    import matplotlib.figure
+def _figure_parts(fig) -> dict:
+    """The image figure's axes by role, told apart by their titles: the picture, the maps by level
+    name ('P3'), the histograms by edge."""
+    axes = {ax.get_title().split(" ")[0].rstrip(":"): ax for ax in fig.axes if ax.get_title()}
+    return {"picture": axes.pop("image"), "maps": {k: v for k, v in axes.items() if k.startswith("P")},
+            "histograms": [axes[edge] for edge in ("left", "top", "right", "bottom")]}
 
+
+def _lines(ax, gid: str) -> list:
+    return [line for line in ax.lines if line.get_gid() == gid]
+
+
+def _assert_readable(fig) -> None:
+    """Every text at 9 pt or more, and no two titles (axes, subfigures, figure) overlapping."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
+    assert min(t.get_fontsize() for t in texts) >= 9
+    headings = {f.get_suptitle() for f in (fig, *fig.subfigs)} - {""}
+    titles = [ax.title for ax in fig.axes if ax.get_title()] + [t for t in texts if t.get_text() in headings]
+    boxes = [t.get_window_extent() for t in titles]
+    for i, a in enumerate(boxes):
+        for j, b in enumerate(boxes[:i]):
+            assert not a.overlaps(b), (titles[i].get_text(), titles[j].get_text())
+
+
+def _view_gt_boxes(group, record: int, views: int) -> np.ndarray:
+    """The record's GT boxes in its view, the plain way: the stored boxes rescaled, clipped to the
+    view's image, mirrored in a flipped view."""
+    lo, hi = group["gt_ptr"][record // views:record // views + 2]
+    boxes = group["gt_boxes"][lo:hi].astype(np.float64) * np.tile(group["scale_factor"][record], 2)
+    h, w = group["img_shape"][record]
+    boxes[:, 0::2], boxes[:, 1::2] = boxes[:, 0::2].clip(0, w), boxes[:, 1::2].clip(0, h)
+    if group["flip"][record]:
+        boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
+    return boxes
+
+
+def _expected_gt_bins(point, logits: np.ndarray, boxes: np.ndarray, stride: int) -> np.ndarray:
+    """[4] GT edge distances in bins from the prior point: to the GT box of highest IoU with the box
+    the stored logits decode to (softmax expectations at temperature 1)."""
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    left, top, right, bottom = (probs / probs.sum(axis=1, keepdims=True)) @ np.arange(17) * stride
+    x, y = point
+    ix = np.minimum(x + right, boxes[:, 2]) - np.maximum(x - left, boxes[:, 0])
+    iy = np.minimum(y + bottom, boxes[:, 3]) - np.maximum(y - top, boxes[:, 1])
+    inter = ix.clip(0) * iy.clip(0)
+    union = (left + right) * (top + bottom) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
+    x1, y1, x2, y2 = boxes[np.argmax(inter / union)]
+    return np.array([x - x1, y - y1, x2 - x, y2 - y]) / stride
+
+
+def test_the_image_figure_shows_levels_with_rows_a_scale_the_location_and_gt_edges(shapes_store):
+    from ldcache.inspect.plots import image_figure, view_image
+    from ldcache.inspect.report import most_ambiguous
+    from ldcache.store.reader import StoreReader
+
+    reader = StoreReader(shapes_store)
+    group, ptr, masks, logits, _ = _all_rows(shapes_store)
+    record = 2 * 2 + 1  # image index 2, flipped view
+    targets = reader.read_record(record)
+    key = most_ambiguous(targets, None)
+    fig = image_figure(reader, int(group["image_ids"][2]), record, targets, key, 10.0, view_image(reader, record))
+    parts = _figure_parts(fig)
+    with_rows = [f"P{lvl + 3}" for lvl in range(5) if ptr[record, lvl + 1] > ptr[record, lvl]]
+    assert list(parts["maps"]) == with_rows and len(with_rows) < 5
+    assert fig.subfigs[0].get_suptitle().endswith(
+        "no rows at " + ", ".join(f"P{lvl + 3}" for lvl in range(5) if f"P{lvl + 3}" not in with_rows))
+    images = [ax.images[0] for ax in parts["maps"].values()]
+    (scale,) = [image.colorbar for image in images if image.colorbar is not None]
+    assert all(image.get_clim() == pytest.approx((0, np.log(17))) for image in images)
+    assert "nats" in scale.ax.get_ylabel() and scale.ax.get_ylim() == pytest.approx((0, np.log(17)))
+    legend = fig.subfigs[0].legends[0]
+    fig.canvas.draw()
+    right_of_maps = max(ax.get_window_extent().x1 for ax in parts["maps"].values())
+    assert legend.get_window_extent().x0 > right_of_maps and min(t.get_fontsize() for t in legend.texts) >= 9
+    # The shown row's prior point, on the picture in the view's pixels and on its map in grid cells.
+    grid_w = int(np.ceil(group["pad_shape"][record][1] / reader.strides[key.level]))
+    stride, offset = reader.strides[key.level], reader.attrs.head.center_offset
+    cell = (key.loc % grid_w, key.loc // grid_w)
+    point = tuple((c + offset) * stride for c in cell)
+    (marker,) = _lines(parts["picture"], "location")
+    assert tuple(marker.get_xydata()[0]) == pytest.approx(point)
+    (marker,) = _lines(parts["maps"][f"P{key.level + 3}"], "location")
+    assert tuple(marker.get_xydata()[0]) == cell
+    assert all(not _lines(ax, "location") for name, ax in parts["maps"].items() if name != f"P{key.level + 3}")
+    # Each histogram's GT line, from the stored GT boxes and the row's stored logits.
+    rows = np.arange(ptr[record, key.level], ptr[record, key.level + 1])
+    (row,) = rows[(masks["loc"][rows] == key.loc) & (masks["prior"][rows] == key.prior)]
+    raw = logits[row, :68].astype(np.float64).reshape(4, 17)
+    expected = _expected_gt_bins(point, raw, _view_gt_boxes(group, record, 2), stride)
+    probs = np.exp(raw / 10 - (raw / 10).max(axis=1, keepdims=True))
+    means = (probs / probs.sum(axis=1, keepdims=True)) @ np.arange(17)
+    for ax, gt, mean in zip(parts["histograms"], expected, means):
+        (line,) = _lines(ax, "gt")
+        drawn = gt if 0 <= gt <= 16 else 16.75 if gt > 16 else -0.75  # one the bins cannot express: in the margin
+        assert line.get_xdata()[0] == pytest.approx(drawn, abs=1e-4)
+        assert line.get_label().startswith(f"GT {gt:.1f}")
+        assert _lines(ax, "mean")[0].get_xdata()[0] == pytest.approx(mean, abs=1e-4)
+    assert "GT box of highest IoU" in fig.subfigs[1].get_supxlabel()
+    _assert_readable(fig)
+
+
+def test_the_image_figure_of_several_anchors_and_gt_edges_outside_the_bins(retina_store, tmp_path, monkeypatch):
     import ldcache.inspect.plots as plots
     from ldcache.inspect.report import RowKey
 
     reader, _ = retina_store
-    titles = []
-    original = matplotlib.figure.Figure.suptitle
-    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle",
-                        lambda fig, title, **kw: titles.append(title) or original(fig, title, **kw))
-    monkeypatch.setattr(plots, "_image_and_boxes", lambda *a: (np.zeros((320, 320, 3), np.uint8), np.zeros((0, 4))))
+    blank = np.zeros((320, 320, 3), np.uint8)
+    fig = plots.image_figure(reader, 1, 0, reader.read_record(0), RowKey(0, LOC, 5), 1.0, blank)
+    parts = _figure_parts(fig)
+    assert fig.get_suptitle() == f"P3 location {list(CELL)} anchor 5/9 (main)"
+    assert list(parts["maps"]) == ["P3", "P4"] and fig.subfigs[0].get_suptitle().endswith("no rows at P5, P6, P7")
+    labels = [t.get_text() for ax in (parts["picture"], parts["maps"]["P3"]) for t in ax.texts]
+    assert labels == [f"P3 {list(CELL)} anchor 5/9"] * 2
+    # The store has no GT boxes: no GT line, and the caption says why.
+    assert not any(_lines(ax, "gt") for ax in parts["histograms"])
+    assert "No GT line: no GT box in this view" in fig.subfigs[1].get_supxlabel()
+    _assert_readable(fig)
+    # A GT box from 4 px right of the prior point (96, 240) to 200 px past it: before bin 0 and past bin 16.
+    monkeypatch.setattr(plots, "view_gt_boxes", lambda *a: np.array([[100.0, 40.0, 296.0, 400.0]], np.float32))
+    fig = plots.image_figure(reader, 1, 0, reader.read_record(0), RowKey(0, LOC, 5), 1.0, blank)
+    lines = [_lines(ax, "gt")[0] for ax in _figure_parts(fig)["histograms"]]
+    assert [line.get_xdata()[0] for line in lines] == [-0.75, 16.75, 16.75, 16.75]
+    assert [line.get_label() for line in lines] == ["GT -0.5 (before bin 0)", "GT 25.0 (past bin 16)",
+                                                   "GT 25.0 (past bin 16)", "GT 20.0 (past bin 16)"]
+    monkeypatch.setattr(plots, "view_gt_boxes", lambda *a: np.array([[0.0, 0.0, 4.0, 4.0]], np.float32))
+    fig = plots.image_figure(reader, 1, 0, reader.read_record(0), RowKey(0, LOC, 5), 1.0, blank)
+    assert "No GT line: no GT box overlaps the teacher's box" in fig.subfigs[1].get_supxlabel()
+    monkeypatch.setattr(plots, "view_image", lambda *a: blank)
     out = plots.plot_image(reader, 1, 0, reader.read_record(0), RowKey(0, LOC, 5), 1.0, tmp_path / "fig.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert titles == [f"P3 location {list(CELL)} anchor 5/9 (main)"]
 
 
 def test_an_fcos_vlr_is_no_iou_band(tmp_path):
