@@ -87,7 +87,10 @@ def test_cached_ld_equals_online_ld_on_a_batch(family):
     for term in ("loss_ld", "loss_ld_vlr", "loss_kd"):
         expected = float(sum(live[term]))
         assert expected > 0, term
-        assert float(sum(cached[term])) == pytest.approx(expected, rel=1e-5), term
+        # The dump ran the teacher on one thread, this process on several: its logits differ in the
+        # last bits. Random RetinaNet heads predict near-uniform 68-way distributions whose KL is
+        # about 2e-6, where those bits weigh 1e-4 of it, hence the absolute floor.
+        assert float(sum(cached[term])) == pytest.approx(expected, rel=1e-5, abs=1e-9), term
 
 
 def test_gflv2_main_ld_weighs_by_the_joint_score_and_kd_reads_the_raw_logits():
