@@ -558,3 +558,21 @@ def test_an_fcos_vlr_is_no_iou_band(tmp_path):
     text = _inspect(reader.path, "--image", 1, "--at", f"{x},{y}").stdout
     assert "regions: VLR (inside a GT, weighted by the student's score at train time)" in text
     assert "VLR ratio" not in text and "weight {" not in text and not re.search(r"anchor \d+/", text)
+
+
+def test_the_maps_mark_the_vlr_of_either_stored_metric(tmp_path):
+    """A store of the DIoU metric alone flags its VLR rows with the DIoU bit only: they are marked too."""
+    import ldcache.inspect.plots as plots
+    from ldcache.inspect.report import RowKey
+    from ldcache.store.format import FLAG_VLR_DIOU
+
+    rows = _rows([[(LOC - 1, 0, FLAG_VLR_DIOU), (LOC, 0, FLAG_MAIN), (LOC + 1, 0, FLAG_VLR_DIOU)], [], [], [], []])
+    values = np.random.default_rng(5).normal(0, 1, (3, 68 + 3)).astype(np.float32)
+    reader = _family_store(tmp_path / "diou.zarr", rows, values, "GFLHead", 1, {"type": "ATSSAssigner", "topk": 9},
+                           "band")
+    fig = plots.image_figure(reader, 1, 0, reader.read_record(0), RowKey(0, LOC, 0), 1.0,
+                             np.zeros((320, 320, 3), np.uint8))
+    cyan = [c for c in _figure_parts(fig)["maps"]["P3"].collections
+            if len(c.get_facecolor()) and tuple(c.get_facecolor()[0][:3]) == (0.0, 1.0, 1.0)]
+    marked = sorted(int(y) * 40 + int(x) for x, y in cyan[0].get_offsets())
+    assert marked == [LOC - 1, LOC + 1]

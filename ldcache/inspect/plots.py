@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from ..errors import BadInputError
-from ..store.format import FLAG_MAIN, FLAG_VLR_OFFICIAL
+from ..store.format import FLAG_MAIN, FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL
 from ..store.reader import StoreReader
 from ..store.statistics import edge_entropy
 from ..store.targets import LDTargets
@@ -201,7 +201,8 @@ def _draw_maps(axes, targets: LDTargets, levels: list[int], strides, tau: float,
         # Marks about one grid cell wide, whatever the level's grid size.
         cell = min(0.8 * PANEL_IN * 72 / max(gh, gw), 8.0)
         main = (rows.flags & FLAG_MAIN) > 0
-        vlr = rows.loc[((rows.flags & FLAG_VLR_OFFICIAL) > 0) & ~main]
+        # VLR of either stored metric: a store of one metric has only that metric's flag.
+        vlr = rows.loc[((rows.flags & (FLAG_VLR_OFFICIAL | FLAG_VLR_DIOU)) > 0) & ~main]
         ax.scatter(vlr % gw, vlr // gw, s=(cell / 2) ** 2, c="cyan", marker="o", lw=0)
         # Open squares: the entropy of a Main location stays visible inside its mark.
         ax.scatter(rows.loc[main] % gw, rows.loc[main] // gw, s=cell ** 2, marker="s", facecolors="none",
