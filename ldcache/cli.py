@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -266,17 +267,34 @@ def inspect(
     tau: float = typer.Option(1.0, "--tau", help="Temperature of the shown distributions (LD trains at 10)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: the image figure with --image, histograms with --stats."),
     stats: bool = typer.Option(False, "--stats", help="Dataset-wide entropy and rows-per-image-view histograms, recomputed from every stored chunk (dask, streamed). The summary reads the statistics the dump stored instead."),
+    serve: bool = typer.Option(
+        False, "--serve", help="Open a web viewer of the store instead: the image list (sorted by ambiguity, VLR rows "
+                               "or rows; search by id), each image's level maps (click a location for its edge "
+                               "distributions at a tau slider, with the GT edge), the summary page. Reads the store "
+                               "lazily; stop it with Ctrl-C."),
+    port: int = typer.Option(8765, "--port", help="With --serve: the port to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="With --serve: the address to bind. The default serves "
+                                                          "this machine only; 0.0.0.0 opens it to the network."),
 ) -> None:
     """Browse a store: summary, per-location edge distributions, ambiguity plots, statistics.
 
     Without --image or --stats: the summary. With --image: its rows per level and one row's four
     edge distributions (--at and --anchor, or the most ambiguous Main row); with several anchors per
-    location, the row's anchor index and the other anchors stored at its location.
+    location, the row's anchor index and the other anchors stored at its location. With --serve:
+    all of it in the browser, at http://127.0.0.1:8765.
     """
     from .inspect import report
     from .inspect.stats import store_statistics
     from .store.reader import StoreReader
 
+    if serve:
+        others = [name for name, given in (("--image", image is not None), ("--stats", stats), ("--plot", plot),
+                                           ("--json", as_json), ("--at", at is not None)) if given]
+        if others:
+            _fail(f"--serve opens the viewer, where the image, location and statistics are chosen in the page: "
+                  f"drop {', '.join(others)}")
+        _serve(store, host, port)
+        return
     try:
         reader = StoreReader(store)
         if image is not None:
@@ -297,6 +315,25 @@ def inspect(
             console.print_json(summary) if as_json else report.print_summary(summary)
     except LDCacheError as e:
         _fail(str(e))
+
+
+def _serve(store: str, host: str, port: int) -> None:
+    """The viewer until Ctrl-C. A store that cannot be opened is said here and in the page, which
+    opens it again on the next load (a dump still running)."""
+    from .inspect.viewer import serve
+    from .inspect.viewer.session import StoreSession
+
+    try:
+        StoreSession(store).reader()
+    except LDCacheError as e:
+        console.error(f"{e} (the viewer shows this until the store opens)")
+    with socket.socket() as probe:  # werkzeug would exit with its own banner instead
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            _fail(f"cannot listen on {host}:{port} ({e.strerror or e}): pick another port with --port")
+    console.note(f"ldcache viewer of {store} at http://{host}:{port}/ (Ctrl-C stops it)")
+    serve(store, host, port)
 
 
 def _parse_location(at: str) -> tuple[float, float]:

@@ -2,6 +2,10 @@
 # Takes a machine with Python 3.11 to a working ldcache environment in ./.venv.
 # Idempotent: a second run checks what is there and finishes in seconds.
 #
+# Options:
+#   --browser             also install headless Chromium and its driver (Debian's chromium and
+#                         chromium-driver) for the browser tests; without them those tests skip
+#
 # Environment knobs:
 #   LDCACHE_PYTHON        interpreter for the venv (default: python3.11, then python3)
 #   LDCACHE_TORCH         torch version (default 2.14.1); LDCACHE_TORCHVISION likewise (0.29.1)
@@ -145,14 +149,47 @@ ensure_project() {
     echo "$want" > "$stamp"
 }
 
+have_browser() {
+    { [ -x /usr/bin/chromium ] || command -v chromium >/dev/null; } && command -v chromedriver >/dev/null
+}
+
+# The browser tests drive Debian's chromium through its own chromedriver: selenium is never left to
+# download a driver or a browser (this machine reaches PyPI and the Debian archive only). A browser
+# that cannot be installed skips those tests; it never fails setup.
+ensure_browser() {
+    if have_browser; then return; fi
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+        say "no headless Chromium and no root or apt-get to install it: the browser tests will be skipped" \
+            "(install Debian's packages with \`sudo apt-get install chromium chromium-driver\`)"
+        return
+    fi
+    say "installing Debian's chromium and chromium-driver for the browser tests (a minute or two)"
+    # In subshells: quietly exits on a failure, which here must only skip the browser tests.
+    if ! (quietly apt-update apt-get update -q) || ! (quietly apt-chromium env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -q --no-install-recommends chromium chromium-driver); then
+        say "apt-get could not install chromium and chromium-driver (its log is above): the browser tests will be skipped"
+        return
+    fi
+    have_browser || say "apt-get installed chromium and chromium-driver, yet chromium or chromedriver is not on PATH:" \
+        "the browser tests will be skipped"
+}
+
 main() {
+    local browser=0
+    for arg in "$@"; do
+        case $arg in
+            --browser) browser=1 ;;
+            *) echo "setup: unknown option '$arg' (the one option is --browser)" >&2; exit 2 ;;
+        esac
+    done
     ensure_venv
     ensure_build_tools
     ensure_torch
     ensure_mmcv
     ensure_project
+    if [ "$browser" -eq 1 ]; then ensure_browser; fi
     say "ready: $(vpy -c 'import torch, mmcv, mmdet, mmengine, zarr; print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmengine {mmengine.__version__}, zarr {zarr.__version__}")')"
 }
 
 # Sourcing the script (to call one step by hand) defines the steps without running them.
-if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main; fi
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi

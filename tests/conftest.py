@@ -319,3 +319,36 @@ def shapes_store(shapes_root, random_teacher, tmp_path_factory) -> Path:
     result = run_dump_cli(dump_args(shapes_root, random_teacher, out))
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+BROWSER_MISSING = ("headless Chromium not installed: run `bash scripts/setup.sh --browser` "
+                   "(Debian's chromium and chromium-driver)")
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    """A selenium Chrome driver of headless Chromium (1400 x 1000), quit afterwards; the test is
+    skipped when Debian's chromium or chromium-driver, or selenium, is missing. The driver is the
+    installed chromedriver, named explicitly: selenium's Selenium Manager, which would download one,
+    is never run (and SE_OFFLINE forbids it any download)."""
+    import shutil
+
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip(f"{BROWSER_MISSING}; selenium is not installed either (pip install -e '.[test]')")
+    chromium = "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else shutil.which("chromium")
+    driver_path = shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip(BROWSER_MISSING)
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    try:
+        yield driver
+    finally:
+        driver.quit()

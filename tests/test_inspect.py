@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from conftest import BIN, finished_store, synthetic_attrs, synthetic_store
 from ldcache.store.format import FLAG_MAIN, FORMAT_VERSION, MASK_DTYPE, REGION_FLAGS, STATUS_COMPLETE
 from ldcache.inspect.stats import statistics_graph, store_statistics
 from ldcache.store.statistics import ENTROPY_BINS, edge_entropy, entropy_bin_edges
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def _inspect(*args):
@@ -67,6 +70,7 @@ def test_image_plot_is_a_png_of_the_expected_size(shapes_store, tmp_path):
     # One anchor per location: no anchor index, no list of a location's rows, no locations column.
     assert not re.search(r"anchor \d+/", result.stdout) and "rows at this location" not in result.stdout
     assert "locations" not in result.stdout
+    shutil.copyfile(out, DOCS / "inspect-example.png")  # the README's picture of --plot
 
 
 def test_stats_plot_and_json(shapes_store, tmp_path):

@@ -10,7 +10,7 @@ from ..errors import BadInputError
 from ..store.format import FLAG_MAIN, FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL
 from ..store.reader import StoreReader
 from ..store.statistics import edge_entropy
-from ..store.targets import LDTargets
+from ..store.targets import LDTargets, LevelRows
 from .report import (EDGES, RowKey, anchor_label, location_report, location_title, region_names,
                      row_index)
 
@@ -193,26 +193,39 @@ def _draw_maps(axes, targets: LDTargets, levels: list[int], strides, tau: float,
     vmax = np.log(targets.bins)  # the entropy of a flat distribution: every map on the same scale
     for ax, lvl in zip(axes, levels):
         rows = targets.level(lvl)
-        gh, gw = (int(v) for v in targets.grid[lvl])
-        heat = np.full(gh * gw, np.nan)
-        # fmax keeps a location's largest entropy and skips the NaN of a location without rows.
-        np.fmax.at(heat, rows.loc, edge_entropy(rows.reg, tau).mean(axis=1))
-        ax.imshow(heat.reshape(gh, gw), cmap="magma", vmin=0, vmax=vmax)
+        heat = entropy_map(targets, lvl, tau)
+        ax.imshow(heat, cmap="magma", vmin=0, vmax=vmax)
         # Marks about one grid cell wide, whatever the level's grid size.
+        gh, gw = heat.shape
         cell = min(0.8 * PANEL_IN * 72 / max(gh, gw), 8.0)
-        main = (rows.flags & FLAG_MAIN) > 0
-        # VLR of either stored metric: a store of one metric has only that metric's flag.
-        vlr = rows.loc[((rows.flags & (FLAG_VLR_OFFICIAL | FLAG_VLR_DIOU)) > 0) & ~main]
+        main, vlr = marked_locations(rows)
         ax.scatter(vlr % gw, vlr // gw, s=(cell / 2) ** 2, c="cyan", marker="o", lw=0)
         # Open squares: the entropy of a Main location stays visible inside its mark.
-        ax.scatter(rows.loc[main] % gw, rows.loc[main] // gw, s=cell ** 2, marker="s", facecolors="none",
-                   edgecolors="lime", lw=0.8)
+        ax.scatter(main % gw, main // gw, s=cell ** 2, marker="s", facecolors="none", edgecolors="lime", lw=0.8)
         if lvl == report["level"]:
             _location_marker(ax, *report["grid_xy"], _short_location(report), 10)
         ax.set_title(f"P{lvl + 3} (stride {strides[lvl]}): {len(rows.loc)} row{'s' * (len(rows.loc) != 1)}")
         ax.set_facecolor("0.8")
         ax.set_xticks([])
         ax.set_yticks([])
+
+
+def entropy_map(targets: LDTargets, level: int, tau: float) -> np.ndarray:
+    """[H_l, W_l] mean edge entropy (nats, at `tau`) per location of the level's grid: a location with
+    several rows shows its flattest, one without rows NaN."""
+    rows = targets.level(level)
+    gh, gw = (int(v) for v in targets.grid[level])
+    heat = np.full(gh * gw, np.nan)
+    # fmax keeps a location's largest entropy and skips the NaN of a location without rows.
+    np.fmax.at(heat, rows.loc, edge_entropy(rows.reg, tau).mean(axis=1))
+    return heat.reshape(gh, gw)
+
+
+def marked_locations(rows: LevelRows) -> tuple[np.ndarray, np.ndarray]:
+    """Locations (y * W + x) of the level's Main rows, and of its VLR rows that are not Main (VLR of
+    either stored metric: a store of one metric has only that metric's flag)."""
+    main = (rows.flags & FLAG_MAIN) > 0
+    return rows.loc[main], rows.loc[((rows.flags & (FLAG_VLR_OFFICIAL | FLAG_VLR_DIOU)) > 0) & ~main]
 
 
 def _maps_title(levels: list[int], num_levels: int, tau: float, priors_per_location: int) -> str:
@@ -258,15 +271,22 @@ def _gt_line(ax, distance: float, last_bin: int) -> None:
     """A vertical GT line at `distance` bins. One the bins cannot express (past the last, or before
     bin 0 when the prior point lies outside the GT box) is drawn in the margin on that side, with
     an arrow head pointing out and the distance in the legend."""
+    shown, label = gt_line(distance, last_bin)
+    ax.axvline(shown, color="green", lw=2.5, gid="gt", label=label)
+    if shown != distance:
+        ax.plot(shown, 0.5, marker=">" if shown > last_bin else "<", ms=12, color="green", clip_on=False,
+                transform=ax.get_xaxis_transform())
+
+
+def gt_line(distance: float, last_bin: int) -> tuple[float, str]:
+    """Where a GT edge `distance` bins from the prior point is drawn on a histogram of bins
+    0..last_bin, and its label: at the distance, or in the margin on the side the bins cannot
+    express (past the last, or before bin 0 when the prior point lies outside the GT box)."""
     if 0 <= distance <= last_bin:
-        ax.axvline(distance, color="green", lw=2.5, gid="gt", label=f"GT {distance:.1f}")
-        return
-    past = distance > last_bin
-    shown = last_bin + MARGIN_BINS if past else -MARGIN_BINS
-    where = f"past bin {last_bin}" if past else "before bin 0"
-    ax.axvline(shown, color="green", lw=2.5, gid="gt", label=f"GT {distance:.1f} ({where})")
-    ax.plot(shown, 0.5, marker=">" if past else "<", ms=12, color="green", clip_on=False,
-            transform=ax.get_xaxis_transform())
+        return distance, f"GT {distance:.1f}"
+    if distance > last_bin:
+        return last_bin + MARGIN_BINS, f"GT {distance:.1f} (past bin {last_bin})"
+    return -MARGIN_BINS, f"GT {distance:.1f} (before bin 0)"
 
 
 def _caption(report: dict, match: GtMatch | None, num_boxes: int) -> str:

@@ -58,14 +58,14 @@ def store_summary(reader: StoreReader) -> dict:
     }
 
 
-def print_summary(summary: dict) -> None:
-    """The summary as a table, then the per-level table."""
-    console.key_value_table(f"ldcache store {summary['store']}", [
+def summary_rows(summary: dict) -> list[tuple[str, str]]:
+    """The summary's (name, value) lines, as the terminal and the viewer show them."""
+    return [
         ("format / status", f"v{summary['format_version']} / {summary['status']}"),
         ("teacher", f"{summary['teacher_config']}\n{summary['teacher_checkpoint']} "
                     f"(sha256 {summary['checkpoint_sha256'][:12]}...)"),
         ("teacher head (family)", f"{summary['teacher_head']}: "
-                                  f"{_count(summary['priors_per_location'], summary['prior_kind'])} per location"),
+                                  f"{counted(summary['priors_per_location'], summary['prior_kind'])} per location"),
         ("region rules", summary["region_rules"]),
         ("classes", listed_classes(summary["classes"])),
         ("images x views", f"{summary['images']} x {len(summary['views'])} ({', '.join(summary['views'])}) "
@@ -74,25 +74,36 @@ def print_summary(summary: dict) -> None:
         ("bytes on disk", f"{summary['bytes_on_disk'] / 2**20:.2f} MiB "
                           f"({summary['bytes_per_image_view'] / 1024:.1f} KiB per image-view, "
                           f"{summary['compression_vs_dense_fp16']:.1f}x smaller than dense fp16)"),
-    ])
+    ]
+
+
+def print_summary(summary: dict) -> None:
+    """The summary as a table, then the per-level table."""
+    console.key_value_table(f"ldcache store {summary['store']}", summary_rows(summary))
     print_level_table(summary["strides"], summary)
 
 
-def _count(number: int, kind: str) -> str:
+def counted(number: int, kind: str) -> str:
     """'9 anchors', '1 point': a count of priors of `kind` ('anchors' or 'points')."""
     return f"{number} {kind if number != 1 else kind[:-1]}"
 
 
 def print_level_table(strides, stats: dict) -> None:
     """Rows per level and region, and the mean edge entropy, of a summary or of --stats."""
+    console.table("per level", LEVEL_COLUMNS, level_rows(strides, stats))
+
+
+LEVEL_COLUMNS = ("level", "stride", "rows", "main", "VLR official", "VLR diou", "mean edge entropy (nats)")
+
+
+def level_rows(strides, stats: dict) -> list[tuple[str, ...]]:
+    """Per level, the LEVEL_COLUMNS of a summary or of --stats."""
     regions = stats["rows_per_level_and_region"]
     entropies = stats.get("mean_edge_entropy_per_level", stats.get("mean_edge_entropy"))
-    console.table("per level", ("level", "stride", "rows", "main", "VLR official", "VLR diou",
-                                "mean edge entropy (nats)"),
-                  [(f"P{level + 3}", str(stride), str(stats["rows_per_level"][level]), str(regions["main"][level]),
-                    str(regions["vlr_official"][level]), str(regions["vlr_diou"][level]),
-                    "-" if entropies[level] is None else f"{entropies[level]:.3f}")
-                   for level, stride in enumerate(strides)])
+    return [(f"P{level + 3}", str(stride), str(stats["rows_per_level"][level]), str(regions["main"][level]),
+             str(regions["vlr_official"][level]), str(regions["vlr_diou"][level]),
+             "-" if entropies[level] is None else f"{entropies[level]:.3f}")
+            for level, stride in enumerate(strides)]
 
 
 def print_stats(strides, stats: dict) -> None:
@@ -121,7 +132,7 @@ def check_anchor(reader: StoreReader, anchor: int | None) -> None:
     count = reader.attrs.head.num_base_priors
     if anchor is not None and not 0 <= anchor < count:
         raise BadInputError(f"anchor {anchor} out of range: the store's {reader.attrs.teacher.head} has "
-                            f"{_count(count, reader.attrs.head.priors)} per location (indexes 0..{count - 1})")
+                            f"{counted(count, reader.attrs.head.priors)} per location (indexes 0..{count - 1})")
 
 
 def anchor_label(prior: int, priors_per_location: int) -> str:

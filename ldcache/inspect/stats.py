@@ -20,15 +20,25 @@ SLICE_CHUNKS = 4  # chunks of rows a block task holds at once: its memory whatev
 SPLIT_EVERY = 16  # partial sums added by one task of the reduction tree
 
 
-def slice_levels(block_ptr: np.ndarray, start: int, end: int) -> np.ndarray:
-    """Level of each row start:end (absolute row indexes, inside one block) from the block's row
-    pointers [records, L+1]: each (record, level) range clipped to the slice, repeated in order.
-    Records of a block follow each other without gaps (checked when the store is opened), so the
-    clipped ranges tile the slice; the cost is the block's records, not the store's."""
-    num_levels = block_ptr.shape[1] - 1
+def slice_ranges(block_ptr: np.ndarray, start: int, end: int) -> np.ndarray:
+    """The (record, level) range of each row start:end (absolute row indexes, inside one block) as
+    the index record * L + level, record counted from the block's first, given the block's row
+    pointers [records, L+1]: each range clipped to the slice, repeated in order. Records of a
+    block follow each other without gaps (checked when the store is opened), so the clipped ranges
+    tile the slice; the cost is the block's records, not the store's."""
     starts, ends = block_ptr[:, :-1].ravel(), block_ptr[:, 1:].ravel()
     counts = np.clip(np.minimum(ends, end) - np.maximum(starts, start), 0, None)
-    return np.repeat(np.tile(np.arange(num_levels), len(block_ptr)), counts)
+    return np.repeat(np.arange(starts.size), counts)
+
+
+def slice_levels(block_ptr: np.ndarray, start: int, end: int) -> np.ndarray:
+    """Level of each row start:end (inside one block) from the block's row pointers (slice_ranges)."""
+    return slice_ranges(block_ptr, start, end) % (block_ptr.shape[1] - 1)
+
+
+def slice_records(block_ptr: np.ndarray, start: int, end: int) -> np.ndarray:
+    """Record of each row start:end (inside one block), counted from the block's first record."""
+    return slice_ranges(block_ptr, start, end) // (block_ptr.shape[1] - 1)
 
 
 def block_sums(read_rows: Callable, block_ptr: np.ndarray, bins: int, slice_rows: int) -> np.ndarray:
@@ -79,10 +89,10 @@ def store_statistics(reader: StoreReader) -> dict:
         total = statistics_graph(reader).compute()
     per_record = reader.ptr[:, 1:] - reader.ptr[:, :-1]
     return {**statistics_from_sums(total, reader.codec.bins),
-            "region_size_histogram": [_histogram(per_record[:, level]) for level in range(num_levels)]}
+            "region_size_histogram": [counts_histogram(per_record[:, level]) for level in range(num_levels)]}
 
 
-def _histogram(values: np.ndarray, bins: int = 20) -> dict:
+def counts_histogram(values: np.ndarray, bins: int = 20) -> dict:
     """Rows per image-view at one level, as counts over `bins` equal bins."""
     counts, edges = np.histogram(values, bins=bins, range=(0, max(int(values.max(initial=0)), 1)))
     return {"counts": counts.tolist(), "edges": edges.tolist()}

@@ -11,7 +11,7 @@ import numpy as np
 from .format import REGION_FLAGS
 
 ENTROPY_BINS = 40
-STATS_CHUNK_ROWS = 2048  # rows whose entropies are computed at a time (see _mean_edge_entropy)
+STATS_CHUNK_ROWS = 2048  # rows whose entropies are computed at a time (see row_mean_edge_entropy)
 
 
 def edge_entropy(reg_logits: np.ndarray, tau: float = 1.0) -> np.ndarray:
@@ -52,7 +52,7 @@ def partial_statistics(flags: np.ndarray, values: np.ndarray, levels: np.ndarray
     """[L, stats_width()] sums over some rows: flags [R], decoded values [R, 4 * bins + C] and the
     level of each row [R] (-1: not a row). Partial sums of disjoint rows add up."""
     edges = entropy_bin_edges(bins)
-    entropy = _mean_edge_entropy(values, bins)
+    entropy = row_mean_edge_entropy(values, bins)
     out = np.zeros((num_levels, stats_width()))
     for level in range(num_levels):
         sel = levels == level
@@ -62,7 +62,7 @@ def partial_statistics(flags: np.ndarray, values: np.ndarray, levels: np.ndarray
     return out
 
 
-def _mean_edge_entropy(values: np.ndarray, bins: int) -> np.ndarray:
+def row_mean_edge_entropy(values: np.ndarray, bins: int) -> np.ndarray:
     """[R] float64: the mean entropy of each row's 4 edges, from decoded values [R, 4 * bins + C].
 
     A few thousand rows at a time, so that the temporaries stay in the CPU's cache: a whole block
