@@ -15,6 +15,10 @@ for the fp16 defaults and for the q8 store official LD needs (`--dtype q8 --no-v
   server's request log) and time to open, and per record;
 - `verify_store`, the `inspect` summary and `inspect --stats` (time, and the process's peak
   RSS above what it held before the call).
+- the web viewer (`ldcache inspect --serve`, through Flask's test client, as a browser asks): the
+  time, files opened and peak RSS from `build_app` to the image list's first page (GET / and
+  /_dash-layout, the router's and the list's callbacks), then the first image's page and the next
+  one's (the router, `levels` and `render` with the picture); each response checked.
 
 Each probe runs in a fresh interpreter that imports only what an `ldcache` command would. Every
 figure is then extrapolated to COCO train2017 with both views (118,287 images x 2 = 236,574
@@ -182,6 +186,125 @@ def probe_command(store: str, command: str) -> dict:
             "peak_rss_mb": memory.peak / 2 ** 20, "result": result}
 
 
+def _dash_call(client, callbacks: list[dict], first_output: str, values: dict) -> dict:
+    """POST one callback to /_dash-update-component as the browser's renderer does (Dash 4.4's
+    `dispatch`): the callback is found by its first output in /_dash-dependencies' list, whose
+    `output` string keys it ("id.prop", or "..a.b...c.d.." for several outputs), and `values` give
+    its inputs' and states' values by "id.prop" (all of them: a missing one fails here). Returns the
+    response's outputs by "id.prop"; any status but 200 fails the probe."""
+    matches = [cb for cb in callbacks if cb["output"].strip(".").split("...")[0] == first_output]
+    assert len(matches) == 1, f"{len(matches)} callbacks with the first output {first_output}"
+    callback = matches[0]
+
+    def prop(spec: str) -> dict:
+        component, name = spec.rsplit(".", 1)
+        return {"id": component, "property": name}
+
+    outputs = [prop(spec) for spec in callback["output"].strip(".").split("...")]
+    body = {"output": callback["output"], "outputs": outputs if callback["output"].startswith("..") else outputs[0],
+            "inputs": [{**dep, "value": values[f"{dep['id']}.{dep['property']}"]} for dep in callback["inputs"]],
+            "state": [{**dep, "value": values[f"{dep['id']}.{dep['property']}"]} for dep in callback["state"]],
+            "changedPropIds": []}  # the page's first calls: nothing changed by the user
+    response = client.post("/_dash-update-component", json=body)
+    assert response.status_code == 200, f"{first_output}: HTTP {response.status_code}: {response.get_data(True)[:2000]}"
+    answer = response.get_json()["response"]
+    return {f"{component}.{name}": value for component, props in answer.items() for name, value in props.items()}
+
+
+def _component(tree, component_id: str) -> dict:
+    """The props of the component `component_id` in a Dash layout (JSON), which must be there."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack += node
+        elif isinstance(node, dict):
+            if node.get("props", {}).get("id") == component_id:
+                return node["props"]
+            stack += list(node.values())
+    raise AssertionError(f"no component {component_id!r} in the page")
+
+
+def _no_error(tree, where: str) -> None:
+    """Fails when the viewer put its one-line error box (class ldcache-error) in `tree`."""
+    text = json.dumps(tree)
+    assert "ldcache-error" not in text, f"{where} shows an error: {text[text.find('error: '):][:300]}"
+
+
+def probe_viewer(store: str, images: int) -> dict:
+    """`ldcache inspect STORE --serve` through Flask's test client, as a browser opens it: the time,
+    files and peak RSS from build_app to the image list's first page, then the first image's page
+    and the next one's. Every response is checked: a wrong request or page fails the probe."""
+    started = time.perf_counter()
+    from ldcache.inspect.viewer import build_app  # what `ldcache inspect --serve` imports
+    from ldcache.inspect.viewer.image_list import PAGE_SIZE
+    import_s = time.perf_counter() - started
+    opened = _opens_under(os.path.abspath(store) if "://" not in store else "\0")
+    steps = {}
+
+    def step(name: str, fn, *args):
+        result, steps[name], _ = _timed(fn, *args)
+        return result
+
+    def get(path: str):
+        response = client.get(path)
+        assert response.status_code == 200, f"GET {path}: HTTP {response.status_code}"
+        return response
+
+    def open_viewer() -> tuple[list[int], list[dict]]:
+        nonlocal client
+        app = step("build_app", build_app, store)
+        client = app.server.test_client()
+        assert "_dash-config" in step("GET /", get, "/").get_data(True)
+        step("GET /_dash-layout", get, "/_dash-layout")
+        callbacks = step("GET /_dash-dependencies", get, "/_dash-dependencies").get_json()
+        page = step("router /", _dash_call, client, callbacks, "page.children", {"url.pathname": "/"})["page.children"]
+        _no_error(page, "the image list page")
+        _component(page, "images")
+        listed = step("images", _dash_call, client, callbacks, "images.data",
+                      {"sort.value": "id", "search.value": "", "images.page_current": 0,
+                       "index-poll.n_intervals": None})
+        _no_error(listed, "the image list")
+        rows = listed["images.data"]
+        assert len(rows) == min(PAGE_SIZE, images), f"{len(rows)} rows on the first page of {images} images"
+        assert listed["images.page_count"] == -(-images // PAGE_SIZE), listed["images.page_count"]
+        assert listed["index-status.children"] == f"{images} images.", listed["index-status.children"]
+        assert listed["index-poll.disabled"] is True
+        assert [row["image_id"] for row in rows] == sorted(row["image_id"] for row in rows)
+        return [row["image_id"] for row in rows], callbacks
+
+    def image_page(image_id: int, callbacks: list[dict], again: str = "") -> None:
+        page = step("router /image" + again, _dash_call, client, callbacks, "page.children",
+                    {"url.pathname": f"/image/{image_id}"})["page.children"]
+        _no_error(page, f"the page of image {image_id}")
+        values = {"image-id.data": image_id, "clicked.data": None, "anchor.value": None, "level-map.figure": None,
+                  **{f"{name}.value": _component(page, name)["value"] for name in ("view", "overlays", "tau", "gamma")}}
+        assert values["view.value"] == 0 and values["tau.value"] == 1 and values["overlays.value"], values
+        levels = step("levels" + again, _dash_call, client, callbacks, "level.options", values)
+        assert levels["level.value"] is not None and levels["level.options"], levels
+        values["level.value"] = levels["level.value"]
+        shown = step("render" + again, _dash_call, client, callbacks, "level-map.figure", values)
+        _no_error(shown, f"the render of image {image_id}")
+        assert shown["picture-note.children"] == "", shown["picture-note.children"]
+        traces = shown["level-map.figure"]["data"]
+        assert any(trace["type"] == "image" and trace["source"].startswith("data:image/jpeg;base64,")
+                   for trace in traces), "the level map has no picture"
+        assert shown["edges.figure"].get("data"), "no edge distributions"
+
+    client = None
+    with PeakRSS() as memory:
+        (shown, callbacks), open_wall, open_cpu = _timed(open_viewer)
+    open_files = len(opened)
+    # The first image's page pays the one-off imports of its first picture and GT boxes (mmcv,
+    # torch); the next image's is what every later one costs.
+    _, image_wall, image_cpu = _timed(image_page, shown[0], callbacks)
+    image_files = len(opened) - open_files
+    _, next_wall, _ = _timed(image_page, shown[1], callbacks, " (next)")
+    return {"import_s": import_s, "open_s": open_wall, "open_cpu_s": open_cpu, "open_files": open_files,
+            "open_peak_rss_above_start_mb": memory.above_start_mb, "image_s": image_wall, "image_cpu_s": image_cpu,
+            "image_files": image_files, "next_image_s": next_wall, "image_ids": shown[:2], "steps_s": steps}
+
+
 def run_probe(kind: str, store: str, arg, env: dict | None = None) -> dict:
     """A probe in a fresh interpreter (only what an ldcache command imports)."""
     result = subprocess.run([sys.executable, __file__, "--probe", kind, store, str(arg)], capture_output=True,
@@ -253,8 +376,8 @@ def store_objects(path: Path) -> tuple[int, int]:
     return len(files), sum(f.stat().st_size for f in files)
 
 
-def measure_store(store: Path, dump: dict) -> dict:
-    """Every local figure of one dumped store."""
+def measure_store(store: Path, dump: dict, images: int) -> dict:
+    """Every local figure of one dumped store (of `images` images)."""
     objects, size = store_objects(store)
     read = run_probe("read", str(store), RECORDS_READ)
     figures = {"image_views": dump["image_views"], "rows_per_image_view": dump["rows_per_view"],
@@ -267,6 +390,11 @@ def measure_store(store: Path, dump: dict) -> dict:
         probe = run_probe("command", str(store), command)
         figures[f"{command} s"] = probe["s"]
         figures[f"{command} peak RSS above start MB"] = probe["peak_rss_above_start_mb"]
+    viewer = run_probe("viewer", str(store), images)
+    figures.update({"viewer open s": viewer["open_s"], "viewer open files": viewer["open_files"],
+                    "viewer open peak RSS above start MB": viewer["open_peak_rss_above_start_mb"],
+                    "viewer image s": viewer["image_s"], "viewer next image s": viewer["next_image_s"],
+                    "viewer import s": viewer["import_s"], "viewer": viewer})
     return figures
 
 
@@ -288,6 +416,14 @@ FIGURES = {
     "inspect peak RSS above start MB": ("inspect (summary) peak RSS above start, MB", "memory"),
     "inspect --stats s": ("inspect --stats seconds", "line"),
     "inspect --stats peak RSS above start MB": ("inspect --stats peak RSS above start, MB", "memory"),
+    "viewer import s": ("viewer: importing it (what `inspect --serve` imports), s; not in the open", "per"),
+    "viewer open s": ("viewer open, s: build_app to the image list's first page (GET / and its layout and "
+                      "dependencies, the router and the list's callback, Flask's test client)", "line"),
+    "viewer open files": ("viewer open: files opened in the store", "line"),
+    "viewer open peak RSS above start MB": ("viewer open: peak RSS above start, MB", "memory"),
+    "viewer image s": ("viewer, first image's page, s: router, `levels`, `render` (with the picture; pays the "
+                       "one-off imports of mmcv and torch)", "per"),
+    "viewer next image s": ("viewer, the next image's page, s (imports done)", "per"),
 }
 S3_FIGURES = {
     "open_requests": "requests to open a StoreReader through S3",
@@ -376,7 +512,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.probe:
         kind, store, arg = args.probe
-        print(json.dumps(probe_read(store, int(arg)) if kind == "read" else probe_command(store, arg)))
+        probes = {"read": lambda: probe_read(store, int(arg)), "viewer": lambda: probe_viewer(store, int(arg)),
+                  "command": lambda: probe_command(store, arg)}
+        print(json.dumps(probes[kind]()))
         return
     import dump_proxy_bench as proxy
 
@@ -393,8 +531,8 @@ def main() -> None:
         for variant in proxy.VARIANTS:
             slug = variant.replace(" ", "_")
             stores = {count: work / f"{slug}-{count}.zarr" for count in images}
-            figures = {count: measure_store(stores[count], proxy.run_child(REPO, work, count, variant, stores[count]))
-                       for count in images}
+            figures = {count: measure_store(stores[count], proxy.run_child(REPO, work, count, variant, stores[count]),
+                                            count) for count in images}
             s3 = s3_figures(stores[images[0]], f"{slug}-{images[0]}.zarr", env, counter)
             results[variant] = {"small": figures[images[0]], "big": figures[images[1]], "s3_small": s3}
             rows += table_rows(variant, figures[images[0]], figures[images[1]], s3, args.gpu_rate)

@@ -22,6 +22,7 @@ def test_coco_scale_bench_smoke(tmp_path):
         assert big["image_views"] == 48 and variant["small"]["image_views"] == 16
         assert big["objects"] > 0 and big["bytes_per_image_view"] > 0 and big["open_files"] > 0
         assert big["read_ms_per_record"] > 0 and s3["requests_per_record"] > 0 and s3["open_requests"] > 0
+        assert big["viewer open s"] > 0 and big["viewer open files"] > 0 and big["viewer image s"] > 0
     figures = {row["figure"] for row in report["table"]}
     assert {"objects (files) in the store", "inspect --stats seconds",
             "dump CPU ms per image-view"} <= figures
