@@ -272,7 +272,7 @@ def inspect(
                                "or rows; search by id), each image's level maps (click a location for its edge "
                                "distributions at a tau slider, with the GT edge), the summary page. Reads the store "
                                "lazily; stop it with Ctrl-C."),
-    port: int = typer.Option(8765, "--port", help="With --serve: the port to listen on."),
+    port: int = typer.Option(8765, "--port", min=1, max=65535, help="With --serve: the port to listen on."),
     host: str = typer.Option("127.0.0.1", "--host", help="With --serve: the address to bind. The default serves "
                                                           "this machine only; 0.0.0.0 opens it to the network."),
 ) -> None:
@@ -281,7 +281,7 @@ def inspect(
     Without --image or --stats: the summary. With --image: its rows per level and one row's four
     edge distributions (--at and --anchor, or the most ambiguous Main row); with several anchors per
     location, the row's anchor index and the other anchors stored at its location. With --serve:
-    all of it in the browser, at http://127.0.0.1:8765.
+    all of it in the browser (http://127.0.0.1:8765 by default).
     """
     from .inspect import report
     from .inspect.stats import store_statistics
@@ -289,7 +289,8 @@ def inspect(
 
     if serve:
         others = [name for name, given in (("--image", image is not None), ("--stats", stats), ("--plot", plot),
-                                           ("--json", as_json), ("--at", at is not None)) if given]
+                                           ("--json", as_json), ("--at", at is not None), ("--level", level is not None),
+                                           ("--anchor", anchor is not None), ("--grid", grid)) if given]
         if others:
             _fail(f"--serve opens the viewer, where the image, location and statistics are chosen in the page: "
                   f"drop {', '.join(others)}")
@@ -328,6 +329,7 @@ def _serve(store: str, host: str, port: int) -> None:
     except LDCacheError as e:
         console.error(f"{e} (the viewer shows this until the store opens)")
     with socket.socket() as probe:  # werkzeug would exit with its own banner instead
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as werkzeug binds
         try:
             probe.bind((host, port))
         except OSError as e:

@@ -51,17 +51,22 @@ def test_image_list_orders_pages_and_searches(listed_store):
     last = image_page(reader, None, "id", "", 99, page_size=10)
     assert last.page_count == 5 and [r["image_id"] for r in last.rows] == sorted(ids.tolist())[40:]
     assert image_page(reader, None, "id", "999999", 0).rows == []
+    assert image_page(reader, None, "id", "cat", 0).matches == 0  # ids are numbers
 
 
 def test_vlr_weight_at_a_raised_gamma():
     report = {"vlr_ratio": {"official": 0.8, "diou": 0.3},
               "vlr_weight_steps": {"official": [[0.4, 0.2], [0.8, 0.5]], "diou": [[0.3, 0.1]]}}
-    assert vlr_at_gamma(report, 0.25) == {"official": {"vlr": True, "weight": 0.5}, "diou": {"vlr": True, "weight": 0.1}}
-    assert vlr_at_gamma(report, 0.5) == {"official": {"vlr": True, "weight": 0.5}, "diou": {"vlr": False, "weight": 0.0}}
+    both = ["official", "diou"]
+    assert vlr_at_gamma(report, 0.25, both) == {"official": {"vlr": True, "weight": 0.5},
+                                                "diou": {"vlr": True, "weight": 0.1}}
+    assert vlr_at_gamma(report, 0.5, both) == {"official": {"vlr": True, "weight": 0.5},
+                                               "diou": {"vlr": False, "weight": 0.0}}
+    assert list(vlr_at_gamma(report, 0.5, ["diou"])) == ["diou"]  # a metric the store lacks is not shown
     # VLR at gamma, but the GT of its weight was not among the steps kept: unknown, not 0.
     report["vlr_weight_steps"]["official"] = [[0.4, 0.2]]
-    assert vlr_at_gamma(report, 0.6)["official"] == {"vlr": True, "weight": None}
-    assert vlr_at_gamma({"vlr_ratio": None}, 0.5) is None
+    assert vlr_at_gamma(report, 0.6, both)["official"] == {"vlr": True, "weight": None}
+    assert vlr_at_gamma({"vlr_ratio": None}, 0.5, both) is None
 
 
 def test_serve_user_errors(tmp_path):

@@ -165,6 +165,14 @@ def test_viewer_in_chromium(browser, viewer_url, shapes_store):
         "return Array.from(document.querySelector('#edges .js-plotly-plot').data[0].y);"), hot, atol=1e-6),
         "the left edge at tau 10")
 
+    # Another level forgets the clicked point: that level's most ambiguous row.
+    other = next((lvl for lvl in range(len(reader.strides)) if lvl != key.level and len(targets.level(lvl).loc)), None)
+    if other is not None:
+        _click_label(browser, "level", f"P{other + 3}")
+        title = location_title(location_report(reader, record, targets, most_ambiguous(targets, other), 1.0))
+        _wait(browser, lambda: browser.find_element(By.ID, "location-title").text == title,
+              f"the most ambiguous row of P{other + 3} ({title})")
+
     # The summary page.
     browser.get(viewer_url + "/summary")
     _wait(browser, lambda: "images x views" in browser.find_element(By.ID, "summary-table").text, "the summary")

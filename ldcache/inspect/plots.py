@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from ..errors import BadInputError
-from ..store.format import FLAG_MAIN, FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL
+from ..store.format import FLAG_MAIN, FLAGS_VLR
 from ..store.reader import StoreReader
 from ..store.statistics import edge_entropy
 from ..store.targets import LDTargets, LevelRows
@@ -39,12 +39,18 @@ class GtMatch(NamedTuple):
 
 def view_image(reader: StoreReader, record: int) -> np.ndarray:
     """The record's picture as the teacher saw it: resized to the view's img_shape, flipped if the view is."""
+    import cv2
     import mmcv
 
     path = Path(reader.attrs.dataset.img_dir) / reader.image_file(record // reader.num_views)
     if not path.is_file():
         raise BadInputError(f"the image {path} the store was dumped from is gone; the picture needs it")
-    img = mmcv.imread(str(path), channel_order="rgb")
+    try:
+        img = mmcv.imread(str(path), channel_order="rgb")
+    except cv2.error as e:  # a file OpenCV cannot decode
+        raise BadInputError(f"cannot decode the image {path}: {str(e).strip().splitlines()[-1]}") from None
+    if img is None:
+        raise BadInputError(f"cannot decode the image {path}")
     h, w = (int(v) for v in reader.img_shape[record])
     img = mmcv.imresize(img, (w, h))
     return img[:, ::-1] if reader.flip[record] else img
@@ -225,7 +231,7 @@ def marked_locations(rows: LevelRows) -> tuple[np.ndarray, np.ndarray]:
     """Locations (y * W + x) of the level's Main rows, and of its VLR rows that are not Main (VLR of
     either stored metric: a store of one metric has only that metric's flag)."""
     main = (rows.flags & FLAG_MAIN) > 0
-    return rows.loc[main], rows.loc[((rows.flags & (FLAG_VLR_OFFICIAL | FLAG_VLR_DIOU)) > 0) & ~main]
+    return rows.loc[main], rows.loc[((rows.flags & FLAGS_VLR) > 0) & ~main]
 
 
 def _maps_title(levels: list[int], num_levels: int, tau: float, priors_per_location: int) -> str:

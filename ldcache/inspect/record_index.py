@@ -16,13 +16,10 @@ from typing import Callable, NamedTuple
 import dask
 import numpy as np
 
-from ..store.format import FLAG_MAIN, FLAG_VLR_DIOU, FLAG_VLR_OFFICIAL
+from ..store.format import FLAG_MAIN, FLAGS_VLR
 from ..store.reader import StoreReader
 from ..store.statistics import row_mean_edge_entropy
-from .stats import SLICE_CHUNKS, slice_records
-
-VLR_FLAGS = FLAG_VLR_OFFICIAL | FLAG_VLR_DIOU
-
+from .stats import SLICE_CHUNKS, block_slices, slice_records
 
 class RecordIndex(NamedTuple):
     """Per record (image-view) of a store: what the viewer's image list sorts by."""
@@ -38,14 +35,11 @@ def block_records(read_rows: Callable, block_ptr: np.ndarray, bins: int, slice_r
     records = len(block_ptr)
     main_rows, vlr_rows = np.zeros(records, np.int64), np.zeros(records, np.int64)
     max_entropy = np.full(records, np.nan)
-    first, last = int(block_ptr[0, 0]), int(block_ptr[-1, -1])
-    for start in range(first, last, slice_rows):
-        end = min(start + slice_rows, last)
-        masks, values = read_rows(start, end)
+    for start, end, masks, values in block_slices(read_rows, block_ptr, slice_rows):
         record, flags = slice_records(block_ptr, start, end), masks["flags"]
         main = (flags & FLAG_MAIN) > 0
         main_rows += np.bincount(record[main], minlength=records)
-        vlr_rows += np.bincount(record[(flags & VLR_FLAGS) > 0], minlength=records)
+        vlr_rows += np.bincount(record[(flags & FLAGS_VLR) > 0], minlength=records)
         # fmax ignores NaN: a record's first Main row replaces it. Entropy of the Main rows only,
         # computed as `inspect --stats` does (the mean of the 4 edges' edge_entropy).
         np.fmax.at(max_entropy, record[main], row_mean_edge_entropy(values[main], bins))
@@ -54,10 +48,18 @@ def block_records(read_rows: Callable, block_ptr: np.ndarray, bins: int, slice_r
 
 def record_index(reader: StoreReader, progress: Callable[[int, int], None] | None = None,
                  slice_chunks: int = SLICE_CHUNKS) -> RecordIndex:
-    """The RecordIndex of every record of the store, in record order, read block by block on
-    dask's threads scheduler. `progress(done_blocks, total_blocks)` is called with (0, total)
-    first, then once as each block finishes (from the worker threads, one call at a time, counts
-    increasing), the last call being (total, total)."""
+    """The RecordIndex of every record of the store, read block by block on dask's threads scheduler.
+
+    Args:
+        reader (StoreReader): an open store.
+        progress (Callable[[int, int], None], optional): called with (done blocks, all blocks):
+            (0, total) first, then once as each block finishes (from the worker threads, one call
+            at a time, counts increasing), the last call being (total, total).
+        slice_chunks (int): chunks of rows a block task reads at once.
+
+    Returns:
+        RecordIndex: [N] arrays in record order.
+    """
     num_blocks = reader.blocks.num_blocks
     slice_rows = slice_chunks * reader.attrs.layout.chunk_rows
     bins = reader.codec.bins

@@ -7,7 +7,7 @@ in the rows and memory holds a few slices and partial sums, never the store. Chu
 records are, so a damaged or lost chunk is an error naming its block, never zeros."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import dask
 import numpy as np
@@ -18,6 +18,7 @@ from ..store.statistics import partial_statistics, statistics_from_sums, stats_w
 
 SLICE_CHUNKS = 4  # chunks of rows a block task holds at once: its memory whatever the block's size
 SPLIT_EVERY = 16  # partial sums added by one task of the reduction tree
+RowSlice = tuple[int, int, np.ndarray, np.ndarray]  # start, end, masks [end - start], values [end - start, width]
 
 
 def slice_ranges(block_ptr: np.ndarray, start: int, end: int) -> np.ndarray:
@@ -41,15 +42,20 @@ def slice_records(block_ptr: np.ndarray, start: int, end: int) -> np.ndarray:
     return slice_ranges(block_ptr, start, end) // (block_ptr.shape[1] - 1)
 
 
-def block_sums(read_rows: Callable, block_ptr: np.ndarray, bins: int, slice_rows: int) -> np.ndarray:
-    """[L, stats_width()] sums over one block's rows, given only the block's row pointers, read
-    `slice_rows` rows at a time (slices start on the block's chunk boundaries)."""
-    num_levels = block_ptr.shape[1] - 1
-    out = np.zeros((num_levels, stats_width()))
+def block_slices(read_rows: Callable, block_ptr: np.ndarray, slice_rows: int) -> Iterator[RowSlice]:
+    """(start, end, masks, values) of one block's rows read `slice_rows` at a time, given only the
+    block's row pointers [records, L+1] (slices start on the block's chunk boundaries)."""
     first, last = int(block_ptr[0, 0]), int(block_ptr[-1, -1])
     for start in range(first, last, slice_rows):
         end = min(start + slice_rows, last)
-        masks, values = read_rows(start, end)
+        yield start, end, *read_rows(start, end)
+
+
+def block_sums(read_rows: Callable, block_ptr: np.ndarray, bins: int, slice_rows: int) -> np.ndarray:
+    """[L, stats_width()] sums over one block's rows (`block_slices`)."""
+    num_levels = block_ptr.shape[1] - 1
+    out = np.zeros((num_levels, stats_width()))
+    for start, end, masks, values in block_slices(read_rows, block_ptr, slice_rows):
         out += partial_statistics(masks["flags"], values, slice_levels(block_ptr, start, end), num_levels, bins)
     return out
 

@@ -25,6 +25,7 @@ VLR_METRICS = ("official", "diou")
 # Flag bits of a row: which region it belongs to at the dump's gamma.
 FLAG_MAIN, FLAG_VLR_OFFICIAL, FLAG_VLR_DIOU = 1, 2, 4
 REGION_FLAGS = {"main": FLAG_MAIN, "vlr_official": FLAG_VLR_OFFICIAL, "vlr_diou": FLAG_VLR_DIOU}
+FLAGS_VLR = FLAG_VLR_OFFICIAL | FLAG_VLR_DIOU  # VLR of either metric: a store of one has only its own
 # The IoU weight of a VLR row as a step function of gamma: at most this many (ratio, IoU) steps.
 VLR_STEPS = 4
 MASK_DTYPE = np.dtype([

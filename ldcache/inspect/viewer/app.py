@@ -10,13 +10,14 @@ import re
 import threading
 
 import numpy as np
-from dash import Dash, Input, Output, State, dash_table, dcc, html, no_update
+from dash import Dash, Input, Output, State, ctx, dash_table, dcc, html, no_update
 
 from ...errors import LDCacheError
 from ...store.reader import StoreReader
 from ..report import (EDGES, INSIDE_GT, LEVEL_COLUMNS, level_rows, location_title, most_ambiguous, region_names,
-                      store_summary, summary_rows)
+                      summary_rows)
 from ..stats import counts_histogram
+from ..plots import expectations
 from .figures import OVERLAYS, edge_figure, histogram_figure, level_figure
 from .focus import Focus, focus, focus_row, vlr_at_gamma
 from .image_list import NEEDS_INDEX, PAGE_SIZE, SORTS, image_page
@@ -42,7 +43,14 @@ def error_box(message: str) -> html.Div:
 
 
 def build_app(store: str) -> Dash:
-    """The viewer of `store` (a folder or an s3:// URL), opened on the first request."""
+    """The viewer's app.
+
+    Args:
+        store (str): a folder or an s3:// URL, opened on the first request (again after a failure).
+
+    Returns:
+        Dash: its Flask server is `app.server`; `serve` runs it.
+    """
     session = StoreSession(store)
     app = Dash(__name__, title="ldcache inspect", suppress_callback_exceptions=True)
     app.layout = html.Div([
@@ -78,7 +86,7 @@ def _route(app: Dash, session: StoreSession) -> None:
             if pathname in (None, "", "/"):
                 return _image_list_page(reader)
             if pathname == "/summary":
-                return _summary_page(reader)
+                return _summary_page(reader, session.summary())
             match = IMAGE_PATH.match(pathname)
             if match:
                 return _image_page(reader, int(match.group(1)))
@@ -99,7 +107,9 @@ def _image_list_page(reader: StoreReader) -> html.Div:
         ]),
         html.Div([html.Label("search id ", htmlFor="search"),
                   dcc.Input(id="search", type="text", placeholder="image id (prefix), Enter", debounce=True, value="",
-                            style={"width": "220px"})], style={"marginTop": "6px"}),
+                            style={"width": "220px"}),
+                  html.Span(" the ids starting with these digits", style={"color": "#555"})],
+                 style={"marginTop": "6px"}),
         html.Div(id="index-status", style={"margin": "8px 0", "color": "#555"}),
         dash_table.DataTable(id="images", columns=[{"name": n, "id": k} for k, n in TABLE_COLUMNS],
                              page_action="custom", page_current=0, page_size=PAGE_SIZE, data=[],
@@ -110,11 +120,13 @@ def _image_list_page(reader: StoreReader) -> html.Div:
 
 
 def _image_list_callbacks(app: Dash, session: StoreSession) -> None:
-    @app.callback(Output("images", "data"), Output("images", "page_count"), Output("index-status", "children"),
-                  Output("index-poll", "disabled"),
+    @app.callback(Output("images", "data"), Output("images", "page_count"), Output("images", "page_current"),
+                  Output("index-status", "children"), Output("index-poll", "disabled"),
                   Input("sort", "value"), Input("search", "value"), Input("images", "page_current"),
                   Input("index-poll", "n_intervals"))
-    def images(sort: str, query: str | None, page: int | None, _ticks):
+    def images(sort: str, query: str | None, page: int | None, _ticks: int | None):
+        # A new sort or search starts at the first page.
+        page = 0 if ctx.triggered_id in ("sort", "search") else page or 0
         try:
             reader = session.reader()
             index, status, waiting = None, "", False
@@ -129,12 +141,12 @@ def _image_list_callbacks(app: Dash, session: StoreSession) -> None:
                 index = progress.result
             elif session.index_ready():
                 index = session.index().result
-            listed = image_page(reader, index, sort, query or "", page or 0)
+            listed = image_page(reader, index, sort, query or "", page)
             rows = [{**row, "id": row["image_id"]} for row in listed.rows]
             found = f"{listed.matches} image{'s' * (listed.matches != 1)}"
-            return rows, listed.page_count, f"{found}. {status}".strip(), not waiting
+            return rows, listed.page_count, listed.page, f"{found}. {status}".strip(), not waiting
         except LDCacheError as e:
-            return [], 1, f"error: {e}", True
+            return [], 1, 0, f"error: {e}", True
 
     @app.callback(Output("url", "pathname"), Input("images", "active_cell"), prevent_initial_call=True)
     def open_image(cell: dict | None):
@@ -152,6 +164,7 @@ def _image_page(reader: StoreReader, image_id: int) -> html.Div:
     return html.Div([
         dcc.Store(id="image-id", data=image_id),
         dcc.Store(id="clicked"),
+        dcc.Store(id="shown"),  # where the shown row is: another anchor is picked there
         html.H3(f"image {image_id}: {reader.image_file(first // reader.num_views)}"),
         _control("view", dcc.RadioItems(id="view", options=views, value=0, inline=True)),
         _control("level", dcc.RadioItems(id="level", options=[], inline=True)),
@@ -198,56 +211,63 @@ def _image_callbacks(app: Dash, session: StoreSession) -> None:
     @app.callback(Output("clicked", "data"), Output("anchor", "value"),
                   Input("level-map", "clickData"), Input("level", "value"), Input("view", "value"))
     def clicked(click: dict | None, level: int | None, view: int):
-        # A new level or view forgets the clicked point; a click picks a new location.
-        if click and click.get("points") and level is not None:
+        # A click picks a location; a new level or view forgets it (the map keeps its clickData).
+        if ctx.triggered_id == "level-map" and click and click.get("points") and level is not None:
             point = click["points"][0]
             return {"level": level, "view": view, "at": [float(point["x"]), float(point["y"])]}, None
         return None, None
 
     @app.callback(Output("level-map", "figure"), Output("location", "children"), Output("edges", "figure"),
                   Output("anchor", "options"), Output("anchor-row", "style"), Output("picture-note", "children"),
+                  Output("shown", "data"),
                   Input("image-id", "data"), Input("view", "value"), Input("level", "value"), Input("overlays", "value"),
                   Input("tau", "value"), Input("gamma", "value"), Input("clicked", "data"), Input("anchor", "value"),
-                  State("level-map", "figure"))
-    def render(image_id, view, level, overlays, tau, gamma, click, anchor, old_figure):
+                  State("level-map", "figure"), State("shown", "data"))
+    def render(image_id: int, view: int, level: int | None, overlays: list[str] | None, tau: float, gamma: float,
+               click: dict | None, anchor: int | None, old_figure: dict | None, shown_before: dict | None):
         try:
             reader = session.reader()
             record = reader.record_index(image_id, view)
             targets = session.read_record(record)  # a damaged chunk says so here, not as "no rows"
             if level is None:
-                return {}, error_box("this image-view stores no rows"), {}, [], {"display": "none"}, ""
+                return {}, error_box("this image-view stores no rows"), {}, [], {"display": "none"}, "", None
             picture, note = session.picture(record)
+            boxes = session.gt_boxes(record)
+            here = {"level": level, "view": view}
             at = tuple(click["at"]) if click and click["level"] == level and click["view"] == view else None
+            if at is None and anchor is not None and shown_before and shown_before["where"] == here:
+                at = tuple(shown_before["at"])  # another anchor of the location shown, not of the level
             shown, location, edges, anchors = None, None, {}, []
             try:
                 key = focus_row(targets, reader, record, level, at, anchor)
-                shown = focus(reader, record, targets, key, float(tau))
-                location, edges = _location_panel(shown, float(gamma)), edge_figure(shown.report, shown.match)
+                shown = focus(reader, record, targets, key, float(tau), boxes)
+                location = _location_panel(shown, float(gamma), list(reader.attrs.region.vlr_metrics))
+                edges = edge_figure(shown.report, shown.match)
                 anchors = [{"label": _anchor_label(r, shown.report), "value": r["prior"]}
                            for r in shown.report["location_rows"]]
             except LDCacheError as e:
                 location = error_box(str(e))
-            boxes = session.gt_boxes(record)
             figure = level_figure(
                 targets, level, reader.strides[level], reader.attrs.head.center_offset,
                 tuple(int(v) for v in reader.img_shape[record]), float(tau), overlays or [], picture, boxes,
                 None if shown is None else {"image_xy": shown.report["image_xy"], "teacher_box": shown.teacher_box,
                                             "gt_box": None if shown.match is None else shown.match.box})
             several = reader.attrs.head.num_base_priors > 1
-            return (figure, location, edges, anchors, {} if several else {"display": "none"}, note)
+            where = None if shown is None else {"where": here, "at": shown.report["image_xy"]}
+            return figure, location, edges, anchors, {} if several else {"display": "none"}, note, where
         except LDCacheError as e:
-            return old_figure or {}, error_box(str(e)), {}, [], {"display": "none"}, ""
+            return old_figure or {}, error_box(str(e)), {}, [], {"display": "none"}, "", None
 
 
-def _location_panel(shown: Focus, gamma: float) -> html.Div:
-    """The shown row's title, regions, VLR at gamma, edge table and top classes."""
+def _location_panel(shown: Focus, gamma: float, metrics: list[str]) -> html.Div:
+    """The shown row's title, regions, VLR at gamma (of the store's VLR `metrics`), edge table and top classes."""
     report = shown.report
     regions = ", ".join(region_names(report["regions"], report["vlr_rule"])) or "none (stored in dense mode)"
     x, y = report["image_xy"]
-    lines = [html.H4(f"{location_title(report)}", id="location-title"),
+    lines = [html.H4(location_title(report), id="location-title"),
              html.Div(f"prior point ({x}, {y}) px of the view, stride {report['stride']}"),
              html.Div(["regions: ", html.B(regions, id="location-regions")])]
-    vlr = vlr_at_gamma(report, gamma)
+    vlr = vlr_at_gamma(report, gamma, metrics)
     if report["vlr_rule"] == INSIDE_GT:
         lines.append(html.Div("VLR rule: inside a GT box, weighted by the student's score at train time (no ratio)"))
     elif vlr is not None:
@@ -260,7 +280,7 @@ def _location_panel(shown: Focus, gamma: float) -> html.Div:
     lines.append(dash_table.DataTable(
         id="edge-table", columns=[{"name": n, "id": n} for n in ("edge", "entropy (nats)", "mean (bins)", "GT (bins)")],
         data=[{"edge": e, "entropy (nats)": f"{report['edge_entropy'][e]:.3f}",
-               "mean (bins)": f"{np.dot(report['edge_distributions'][e], np.arange(len(report['edge_distributions'][e]))):.2f}",
+               "mean (bins)": f"{float(expectations(np.asarray(report['edge_distributions'][e]))):.2f}",
                "GT (bins)": bins[i]} for i, e in enumerate(EDGES)],
         style_cell={"textAlign": "left"}))
     gt_note = ("GT: the view's GT box of highest IoU "
@@ -281,8 +301,7 @@ def _anchor_label(row: dict, report: dict) -> str:
 
 # The summary ------------------------------------------------------------------------------------
 
-def _summary_page(reader: StoreReader) -> html.Div:
-    summary = store_summary(reader)
+def _summary_page(reader: StoreReader, summary: dict) -> html.Div:
     stats = reader.attrs.statistics.to_dict()
     per_record = reader.ptr[:, 1:] - reader.ptr[:, :-1]
     graphs, empty = [], []

@@ -104,8 +104,16 @@ def _draw_focus(fig: go.Figure, focus: dict) -> None:
 
 
 def edge_figure(report: dict, match: GtMatch | None) -> go.Figure:
-    """A row's four edge distributions (its location report at the report's tau): bars over bins,
-    the mean dashed, the GT edge in green (in the margin when the bins cannot express it)."""
+    """A row's four edge distributions: bars over bins, the mean dashed, the GT edge in green (in
+    the margin when the bins cannot express it).
+
+    Args:
+        report (dict): the row's `location_report` (its distributions at its tau).
+        match (GtMatch | None): the GT box the edges are compared with, if any.
+
+    Returns:
+        go.Figure: one panel per edge; its bar traces hold the probabilities as plain lists.
+    """
     titles = []
     for i, edge in enumerate(EDGES):
         probs = np.asarray(report["edge_distributions"][edge])
@@ -127,8 +135,9 @@ def edge_figure(report: dict, match: GtMatch | None) -> go.Figure:
     return fig
 
 
-def histogram_figure(title: str, counts, edges, x_title: str, color: str = "steelblue") -> go.Figure:
-    """Counts over bins [edges[i], edges[i+1]) as bars."""
+def histogram_figure(title: str, counts: list[int], edges: list[float], x_title: str,
+                     color: str = "steelblue") -> go.Figure:
+    """Counts [B] over bins [edges[i], edges[i+1]) (edges [B + 1]) as bars."""
     edges = np.asarray(edges, dtype=np.float64)
     fig = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=list(counts), width=np.diff(edges), marker_color=color,
                            hovertemplate="%{x:.2f}: %{y}<extra></extra>"))

@@ -26,11 +26,13 @@ PAGE_SIZE = 20
 
 
 class ImagePage(NamedTuple):
-    """One page of the list: its rows (dicts keyed as the table's columns) and the page count."""
+    """One page of the list: its rows (dicts keyed as the table's columns), how many images match
+    the search, the page count, and the page shown (the asked one, or the last)."""
 
     rows: list[dict]
     matches: int
     page_count: int
+    page: int
 
 
 class ImageColumns(NamedTuple):
@@ -43,7 +45,8 @@ class ImageColumns(NamedTuple):
 
 
 def image_columns(reader: StoreReader, index: RecordIndex | None) -> ImageColumns:
-    """The list's numbers per image: rows from the row pointers, the rest from `index` when given."""
+    """The list's numbers per image: rows from the row pointers, the rest from `index` when given
+    (records are image-major: image i's views are records i * V .. i * V + V - 1)."""
     per_view = (reader.ptr[:, -1] - reader.ptr[:, 0]).reshape(-1, reader.num_views)
     if index is None:
         return ImageColumns(per_view.sum(axis=1), None, None, None)
@@ -68,21 +71,37 @@ def image_order(reader: StoreReader, columns: ImageColumns, sort: str) -> np.nda
 
 
 def search_mask(reader: StoreReader, query: str) -> np.ndarray:
-    """bool [num_images]: the images whose id starts with the digits of `query` (all for none)."""
-    digits = "".join(ch for ch in query if ch.isdigit())
-    if not digits:
+    """bool [num_images]: the images whose id starts with `query` (all for an empty one; none for
+    one that is not digits: image ids are numbers)."""
+    query = query.strip()
+    if not query:
         return np.ones(len(reader.image_ids), bool)
-    return np.char.startswith(reader.image_ids.astype(str), digits)
+    if not query.isdigit():
+        return np.zeros(len(reader.image_ids), bool)
+    return np.char.startswith(reader.image_ids.astype(str), query)
 
 
 def image_page(reader: StoreReader, index: RecordIndex | None, sort: str, query: str, page: int,
                page_size: int = PAGE_SIZE) -> ImagePage:
-    """Page `page` (from 0) of the images matching `query`, in the order of `sort`."""
+    """One page of the image list.
+
+    Args:
+        reader (StoreReader): the store.
+        index (RecordIndex | None): the per-record index, None until it is built.
+        sort (str): a key of SORTS.
+        query (str): the search (`search_mask`).
+        page (int): the page asked for, from 0 (clamped to the pages there are).
+        page_size (int): images per page.
+
+    Returns:
+        ImagePage: the rows shown and the counts around them.
+    """
     columns = image_columns(reader, index)
     order = image_order(reader, columns, sort)
     order = order[search_mask(reader, query)[order]]
     page_count = max(1, -(-len(order) // page_size))
-    shown = order[min(page, page_count - 1) * page_size:][:page_size]
+    page = min(max(page, 0), page_count - 1)
+    shown = order[page * page_size:][:page_size]
 
     def number(values: np.ndarray | None, i: int, fmt: str = "{:d}") -> str:
         if values is None:
@@ -92,4 +111,4 @@ def image_page(reader: StoreReader, index: RecordIndex | None, sort: str, query:
     rows = [{"image_id": int(reader.image_ids[i]), "file": reader.image_file(int(i)), "rows": int(columns.rows[i]),
              "main": number(columns.main, i), "vlr": number(columns.vlr, i),
              "ambiguity": number(columns.ambiguity, i, "{:.3f}")} for i in shown]
-    return ImagePage(rows, len(order), page_count)
+    return ImagePage(rows, len(order), page_count, page)

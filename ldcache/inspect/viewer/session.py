@@ -15,6 +15,7 @@ from ...errors import BadInputError, LDCacheError
 from ...store.reader import StoreReader
 from ...store.targets import LDTargets
 from ..plots import view_gt_boxes, view_image
+from ..report import store_summary
 from ..record_index import RecordIndex, record_index
 from .figures import picture_uri
 
@@ -32,10 +33,6 @@ class IndexProgress:
     def __call__(self, done: int, total: int) -> None:
         self.done, self.total = done, total
 
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 0.0
-
 
 class StoreSession:
     """One store, shared by every page and callback of the viewer.
@@ -52,6 +49,8 @@ class StoreSession:
         self.read_record = lru_cache(maxsize=RECORDS_KEPT)(self._read_record)
         self.picture = lru_cache(maxsize=RECORDS_KEPT)(self._picture)
         self.gt_boxes = lru_cache(maxsize=RECORDS_KEPT)(self._gt_boxes)
+        # The summary sizes the store by listing every object: once per viewer, not per page load.
+        self.summary = lru_cache(maxsize=1)(lambda: store_summary(self.reader()))
 
     def reader(self) -> StoreReader:
         """The open store; raises the same LDCacheError as the CLI when it cannot be opened."""
@@ -95,3 +94,5 @@ class StoreSession:
             progress.result = record_index(reader, progress)
         except LDCacheError as e:
             progress.error = str(e)
+        except Exception as e:  # noqa: BLE001 - any other failure must end the page's wait with its reason
+            progress.error = f"{type(e).__name__}: {e}"
