@@ -278,6 +278,7 @@ def probe_viewer(store: str, images: int) -> dict:
                     {"url.pathname": f"/image/{image_id}"})["page.children"]
         _no_error(page, f"the page of image {image_id}")
         values = {"image-id.data": image_id, "clicked.data": None, "anchor.value": None, "level-map.figure": None,
+                  "shown.data": None,
                   **{f"{name}.value": _component(page, name)["value"] for name in ("view", "overlays", "tau", "gamma")}}
         assert values["view.value"] == 0 and values["tau.value"] == 1 and values["overlays.value"], values
         levels = step("levels" + again, _dash_call, client, callbacks, "level.options", values)
