@@ -87,6 +87,8 @@ LD_KD_TERMS = ("loss_ld", "loss_ld_vlr", "loss_kd", "loss_kd_vlr")
 FAMILY_LD_ROWS = ("ld@official", "ld@official/10")
 # The issue's convergence rule: the baseline's val AP gains less than this over the last third.
 CONVERGED_GAIN = 0.01
+# ldcache.train.schedule.DROPS as JSON keeps it (importing ldcache.train loads mmdet; a test checks both agree).
+DEFAULT_DROPS = [[2, 3], [11, 12]]
 FAMILY_HEADING = "## Table 5 on shapes: "
 
 
@@ -220,7 +222,8 @@ def train_one(job: dict) -> dict:
     os.environ["LDCACHE_DATA_ROOT"] = job["root"] + "/"
     root, work, row, epochs = Path(job["root"]), Path(job["work"]), job["row"], job["epochs"]
     # One checkpoint, at the end: nothing reads the students' (about 140 MB with AdamW's state).
-    options = {**scaled_iteration_schedule(epochs, iterations_per_epoch(job["train_images"])),
+    drops = tuple(tuple(f) for f in job["lr_drops"])
+    options = {**scaled_iteration_schedule(epochs, iterations_per_epoch(job["train_images"]), drops),
                "train_cfg.val_interval": job["val_interval"], "default_hooks.checkpoint.interval": epochs,
                "randomness.seed": job["seed"], "default_hooks.logger.interval": 10, **test_split_options(root),
                **job["options"]}
@@ -233,7 +236,8 @@ def train_one(job: dict) -> dict:
         runner = build_student_runner(job["config"], work_dir=work, cfg_options=options, **source)
     runner.train()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    record = {"row": row, "seed": job["seed"], "epochs": epochs, "train_seconds": round(seconds, 1),
+    record = {"row": row, "seed": job["seed"], "epochs": epochs, "lr_drops": job["lr_drops"],
+              "train_seconds": round(seconds, 1),
               "train_cpu_seconds": round(cpu, 1), "ld_main_weight_mean": logged_mean(work, "ld_main_weight_mean"),
               "val_curve": val_curve(work)}
     for split, evaluate in (("val", runner.val), ("test", runner.test)):
@@ -261,10 +265,12 @@ class Experiment:
         self.records = [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
 
     def runs(self, row: str, seeds: list[int] | None = None) -> list[dict]:
-        """The records of a row at this schedule, for `seeds` (default: all). Records written before
-        they carried their epochs are taken to be at this schedule."""
+        """The records of a row at this schedule (epochs and LR drops), for `seeds` (default: all).
+        Records written before they carried their epochs are taken to be at this schedule, and those
+        without LR drops at the default ones."""
         return [r for r in self.records if r["row"] == row and r["seed"] in (seeds or self.args.seeds)
-                and r.get("epochs", self.args.student_epochs) == self.args.student_epochs]
+                and r.get("epochs", self.args.student_epochs) == self.args.student_epochs
+                and r.get("lr_drops", DEFAULT_DROPS) == self.args.lr_drops]
 
     def rows(self) -> list[str]:
         """The rows with runs at this schedule and these seeds, in the order they were first run."""
@@ -283,7 +289,8 @@ class Experiment:
     def _subprocess(self, row: str, seed: int) -> dict:
         work = self.args.out / "".join(c if c.isalnum() else "_" for c in row) / f"seed{seed}"
         plain = row == "baseline"
-        job = {"row": row, "seed": seed, "epochs": self.args.student_epochs, "train_images": self.args.train,
+        job = {"row": row, "seed": seed, "epochs": self.args.student_epochs, "lr_drops": self.args.lr_drops,
+               "train_images": self.args.train,
                "val_interval": self.args.student_val_interval, "root": str(self.inputs.root),
                "config": str(self.family.plain if plain else self.family.cached),
                "options": {} if plain else self.options(row), "store": str(self.inputs.store),
@@ -478,6 +485,18 @@ def verdict(exp: Experiment, row: str) -> dict:
             "student_epochs": exp.args.student_epochs, "train_images": exp.args.train}
 
 
+def lr_drops(text: str) -> list[list[int]]:
+    """--lr-drops "1/2,5/6" -> [[1, 2], [5, 6]]: fractions strictly between 0 and 1, rising."""
+    try:
+        drops = [[int(v) for v in part.split("/")] for part in text.split(",")]
+        ok = all(len(f) == 2 and 0 < f[0] < f[1] for f in drops) and drops == sorted(drops, key=lambda f: f[0] / f[1])
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"takes rising fractions of the run like 1/2,5/6, not {text!r}")
+    return drops
+
+
 def last_third_gain(run: dict, epochs: int) -> tuple[int, float] | None:
     """(epoch, gain): the run's last validation at or before 2/3 of its epochs, and the val AP gained
     from it to the end of training; None when it has no such validation."""
@@ -495,6 +514,7 @@ def convergence(exp: Experiment) -> dict:
     epochs = sorted(set.intersection(*(set(e for e, _ in r.get("val_curve", [])) for r in runs))) if runs else []
     mean_gain = statistics.mean(g for _, g in gains) if measured else None
     return {"epochs": args.student_epochs, "iterations": args.student_epochs * iterations_per_epoch(args.train),
+            "lr_drops": args.lr_drops,
             "val_interval": args.student_val_interval, "seeds": [r["seed"] for r in runs],
             "val_ap_by_epoch": [[e, round(statistics.mean(dict(r["val_curve"])[e] for r in runs), 4)] for e in epochs],
             "from_epoch": gains[0][0] if measured else None,
@@ -506,7 +526,9 @@ def convergence(exp: Experiment) -> dict:
 def convergence_text(c: dict) -> str:
     """The baseline's schedule and convergence (a `convergence` dict) in one paragraph."""
     curve = ", ".join(f"{e}: {ap:.3f}" for e, ap in c["val_ap_by_epoch"]) or "none logged"
-    text = (f"Baseline schedule: {c['epochs']} epochs = {c['iterations']} iterations. Its val AP by epoch (mean of "
+    drops = " and ".join(f"{n}/{d}" for n, d in c.get("lr_drops", DEFAULT_DROPS))
+    text = (f"Baseline schedule: {c['epochs']} epochs = {c['iterations']} iterations, the LR dropping tenfold at "
+            f"{drops} of them. Its val AP by epoch (mean of "
             f"seeds {c['seeds']}): {curve}.")
     if c["converged"] is None:
         return text + (f" Convergence not measured: no validation at or before epoch {2 * c['epochs'] // 3} "
@@ -613,6 +635,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--teacher-epochs", type=int, help="default 12; 36 with --family")
     parser.add_argument("--teacher-val-interval", type=int, default=2)
     parser.add_argument("--student-epochs", type=int, help="default 2; 24 with --family")
+    parser.add_argument("--lr-drops", type=lr_drops, default=DEFAULT_DROPS, metavar="N/D,N/D",
+                        help="where the students' LR drops tenfold, as fractions of the run; default 2/3,11/12 "
+                             "(mmdet's 1x). Earlier drops (1/2,5/6) put the last third, where convergence is "
+                             "read, after the first drop")
     parser.add_argument("--student-val-interval", type=int,
                         help="epochs between the students' validations; default: a sixth of --student-epochs "
                         "with --family (the baseline's convergence is read from them), none (at the end only) without")

@@ -44,3 +44,25 @@ def test_scaled_schedule_moves_the_learning_rate_drops_with_the_length(epochs, d
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     MultiStepLR(optimizer, milestones=step.milestones, gamma=0.1, by_epoch=True, end=epochs)
     assert optimizer.param_groups[0]["lr"] == 1.0
+
+
+def test_iteration_schedule_takes_other_drops_and_the_experiment_agrees():
+    """bench/ld_experiment.py --lr-drops: drops at other fractions of the run, in whole iterations;
+    the bench's JSON default is the schedule's own."""
+    import argparse
+    import importlib.util
+    import sys
+
+    from ldcache.train.schedule import DROPS, scaled_iteration_schedule
+
+    assert scaled_iteration_schedule(48, 20)["param_scheduler.1.milestones"] == [640, 880]
+    assert scaled_iteration_schedule(48, 20, ((1, 2), (5, 6)))["param_scheduler.1.milestones"] == [480, 800]
+    spec = importlib.util.spec_from_file_location("ld_experiment", CONFIGS.parent / "bench" / "ld_experiment.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    assert bench.DEFAULT_DROPS == [list(f) for f in DROPS]
+    assert bench.lr_drops("1/2,5/6") == [[1, 2], [5, 6]]
+    for bad in ("1/2,1/3", "3/2", "a/b", "1/2/3", "0/4"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench.lr_drops(bad)
