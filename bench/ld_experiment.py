@@ -653,6 +653,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=REPO / "docs/results.md")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.select_seeds < 1:  # an empty selection would read as "every seed" below
+        parser.error("--select-seeds takes a count of seeds, 1 or more")
     family = FAMILIES.get(args.family, GFL)
     for name, value in family.defaults.items():
         if getattr(args, name) is None:
