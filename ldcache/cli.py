@@ -310,7 +310,7 @@ def inspect(
 
                 plot_stats(statistics, plot)
                 console.note(f"histograms written to {plot}")
-            console.print_json(statistics) if as_json else report.print_stats(reader.strides, statistics)
+            console.print_json(statistics) if as_json else report.print_stats(reader.strides, statistics, reader.attrs.region.vlr)
         else:
             summary = report.store_summary(reader)
             console.print_json(summary) if as_json else report.print_summary(summary)

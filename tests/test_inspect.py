@@ -554,6 +554,10 @@ def test_an_fcos_vlr_is_no_iou_band(tmp_path):
     assert (summary["teacher_head"], summary["priors_per_location"], summary["prior_kind"]) == (
         "FCOSDistHead", 1, "points")
     assert "Main FCOSCenterSampling(center_sampling=True" in summary["region_rules"]
+    # Its rows carry both metrics' flags: the tables count them once, under one VLR heading.
+    for args in ((), ("--stats",), ("--image", 1)):
+        text = _inspect(reader.path, *args).stdout
+        assert "VLR inside a GT" in text and "VLR official" not in text and "VLR diou" not in text, args
     assert "FCOSDistHead: 1 point per location" in _inspect(reader.path).stdout
     x, y = CELL[0] * 8 + 4, CELL[1] * 8 + 4  # FCOS points sit at (cell + 0.5) x stride
     location = json.loads(_inspect(reader.path, "--image", 1, "--at", f"{x},{y}", "--json").stdout)["location"]

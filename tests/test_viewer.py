@@ -87,3 +87,28 @@ def test_serve_user_errors(tmp_path):
         result = serve("--port", str(taken.getsockname()[1]))
     assert result.returncode == 2 and "pick another port with --port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _component(layout, component_id: str):
+    """The Dash component of this id in a layout tree."""
+    if getattr(layout, "id", None) == component_id:
+        return layout
+    children = getattr(layout, "children", None)
+    for child in children if isinstance(children, list) else [children]:
+        found = _component(child, component_id) if hasattr(child, "to_plotly_json") else None
+        if found is not None:
+            return found
+    return None
+
+
+def test_the_summary_page_counts_each_stored_vlr_metric(listed_store):
+    from ldcache.inspect.report import store_summary
+    from ldcache.inspect.viewer.app import _summary_page
+
+    reader, _ = listed_store
+    summary = store_summary(reader)
+    table = _component(_summary_page(reader, summary), "level-table")
+    assert [c["name"] for c in table.columns] == [
+        "level", "stride", "rows", "main", "VLR official", "VLR diou", "mean edge entropy (nats)"]
+    for key, heading in (("main", "main"), ("vlr_official", "VLR official"), ("vlr_diou", "VLR diou")):
+        assert [int(row[heading]) for row in table.data] == list(summary["rows_per_level_and_region"][key])

@@ -80,7 +80,7 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
 def print_summary(summary: dict) -> None:
     """The summary as a table, then the per-level table."""
     console.key_value_table(f"ldcache store {summary['store']}", summary_rows(summary))
-    print_level_table(summary["strides"], summary)
+    print_level_table(summary["strides"], summary, summary["region_vlr"])
 
 
 def counted(number: int, kind: str) -> str:
@@ -88,27 +88,37 @@ def counted(number: int, kind: str) -> str:
     return f"{number} {kind if number != 1 else kind[:-1]}"
 
 
-def print_level_table(strides, stats: dict) -> None:
+def print_level_table(strides, stats: dict, vlr_rule: str) -> None:
     """Rows per level and region, and the mean edge entropy, of a summary or of --stats."""
-    console.table("per level", LEVEL_COLUMNS, level_rows(strides, stats))
+    console.table("per level", level_columns(vlr_rule), level_rows(strides, stats, vlr_rule))
 
 
-LEVEL_COLUMNS = ("level", "stride", "rows", "main", "VLR official", "VLR diou", "mean edge entropy (nats)")
+def region_columns(vlr_rule: str) -> dict[str, str]:
+    """The region counts a table shows, heading -> key of REGION_FLAGS: Main and the VLR of each
+    stored metric, or one VLR column for inside_gt (whose rows carry every metric's flag)."""
+    if vlr_rule == INSIDE_GT:
+        return {"main": "main", "VLR inside a GT": "vlr_official"}
+    return {"main": "main", "VLR official": "vlr_official", "VLR diou": "vlr_diou"}
 
 
-def level_rows(strides, stats: dict) -> list[tuple[str, ...]]:
-    """Per level, the LEVEL_COLUMNS of a summary or of --stats."""
+def level_columns(vlr_rule: str) -> tuple[str, ...]:
+    """The headings of level_rows."""
+    return ("level", "stride", "rows", *region_columns(vlr_rule), "mean edge entropy (nats)")
+
+
+def level_rows(strides, stats: dict, vlr_rule: str) -> list[tuple[str, ...]]:
+    """Per level, the level_columns of a summary or of --stats."""
     regions = stats["rows_per_level_and_region"]
     entropies = stats.get("mean_edge_entropy_per_level", stats.get("mean_edge_entropy"))
-    return [(f"P{level + 3}", str(stride), str(stats["rows_per_level"][level]), str(regions["main"][level]),
-             str(regions["vlr_official"][level]), str(regions["vlr_diou"][level]),
+    return [(f"P{level + 3}", str(stride), str(stats["rows_per_level"][level]),
+             *[str(regions[key][level]) for key in region_columns(vlr_rule).values()],
              "-" if entropies[level] is None else f"{entropies[level]:.3f}")
             for level, stride in enumerate(strides)]
 
 
-def print_stats(strides, stats: dict) -> None:
+def print_stats(strides, stats: dict, vlr_rule: str) -> None:
     """`inspect --stats` as tables: the per-level table, then the entropy quartiles per level."""
-    print_level_table(strides, stats)
+    print_level_table(strides, stats, vlr_rule)
     edges = np.asarray(stats["entropy_bin_edges"])
     rows = []
     for level, counts in enumerate(stats["entropy_histogram"]):
@@ -362,10 +372,11 @@ def print_image_report(image_id: int, view: int, report: dict) -> None:
     """The image's rows per level (and locations, with several priors per location), then its location report."""
     image = report["image"]
     several = image["priors_per_location"] > 1
+    regions = region_columns(report["location"]["vlr_rule"])
     console.table(f"image {image_id}, view {view}: img_shape {image['img_shape']}{' flipped' if image['flip'] else ''}",
-                  ("level", "rows", *["locations"] * several, "main", "VLR official", "VLR diou", "mean edge entropy"),
-                  [(f"P{lvl['level'] + 3}", str(lvl["rows"]), *[str(lvl["locations"])] * several, str(lvl["main"]),
-                    str(lvl["vlr_official"]), str(lvl["vlr_diou"]),
+                  ("level", "rows", *["locations"] * several, *regions, "mean edge entropy"),
+                  [(f"P{lvl['level'] + 3}", str(lvl["rows"]), *[str(lvl["locations"])] * several,
+                    *[str(lvl[key]) for key in regions.values()],
                     "-" if lvl["mean_edge_entropy"] is None else f"{lvl['mean_edge_entropy']:.3f}")
                    for lvl in image["levels"]])
     print_location(report["location"])

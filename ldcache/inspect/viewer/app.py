@@ -14,7 +14,7 @@ from dash import Dash, Input, Output, State, ctx, dash_table, dcc, html, no_upda
 
 from ...errors import LDCacheError
 from ...store.reader import StoreReader
-from ..report import (EDGES, INSIDE_GT, LEVEL_COLUMNS, level_rows, location_title, most_ambiguous, region_names,
+from ..report import (EDGES, INSIDE_GT, level_columns, level_rows, location_title, most_ambiguous, region_names,
                       summary_rows)
 from ..stats import counts_histogram
 from ..plots import expectations
@@ -318,14 +318,16 @@ def _summary_page(reader: StoreReader, summary: dict) -> html.Div:
                                               "rows", color="darkorange"), config=static)], style={"width": "340px"}))
     if empty:
         graphs.append(html.Div(f"no rows at {', '.join(empty)}", style={"alignSelf": "center", "color": "#555"}))
+    rule = summary["region_vlr"]
+    columns = level_columns(rule)
     return html.Div([
         html.H3("store summary"),
         html.Table([html.Tr([html.Th(k, style={"textAlign": "left", "paddingRight": "16px", "verticalAlign": "top"}),
                              html.Td(v, style={"whiteSpace": "pre-line"})])
                     for k, v in summary_rows(summary)], id="summary-table"),
         html.H4("per level"),
-        dash_table.DataTable(id="level-table", columns=[{"name": k, "id": k} for k in LEVEL_COLUMNS],
-                             data=[dict(zip(LEVEL_COLUMNS, row)) for row in level_rows(summary["strides"], summary)],
+        dash_table.DataTable(id="level-table", columns=[{"name": k, "id": k} for k in columns],
+                             data=[dict(zip(columns, row)) for row in level_rows(summary["strides"], summary, rule)],
                              style_cell={"textAlign": "left"}),
         html.H4("dataset statistics (stored by the dump; `ldcache inspect --stats` recomputes them)"),
         html.Div(graphs, style={"display": "flex", "flexWrap": "wrap"}),
