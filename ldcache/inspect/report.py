@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import console
 from ..domain.classes import listed_classes
+from ..domain.grid import prior_points
 from ..errors import BadInputError, StoreMismatchError
 from ..store.filesystem import store_bytes_on_disk
 from ..store.format import FLAG_MAIN, REGION_FLAGS, VLR_METRICS
@@ -247,8 +248,8 @@ def most_ambiguous(targets: LDTargets, level: int | None, anchor: int | None = N
 
 def _prior_point(cell: int, stride: int, offset: float) -> int | float:
     """Image pixel of a grid cell's prior point: an int when it falls on one."""
-    value = (cell + offset) * stride
-    return int(value) if float(value).is_integer() else value
+    value = float(prior_points(cell, stride, offset))
+    return int(value) if value.is_integer() else value
 
 
 def _regions(flags: int) -> list[str]:

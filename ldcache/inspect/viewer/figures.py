@@ -12,6 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ...domain.grid import prior_points
 from ...store.targets import LDTargets
 from ..plots import (GT_COLOR, MATCH_COLOR, TEACHER_COLOR, GtMatch, entropy_map, expectations, gt_line,
                      marked_locations)
@@ -31,11 +32,6 @@ def picture_uri(picture: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(picture)).save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def prior_points(cells: np.ndarray, stride: int, offset: float) -> np.ndarray:
-    """Image pixels of grid cells' prior points."""
-    return (np.asarray(cells, dtype=np.float64) + offset) * stride
 
 
 def level_figure(targets: LDTargets, level: int, stride: int, offset: float, img_shape: tuple[int, int],
