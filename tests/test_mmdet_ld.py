@@ -180,6 +180,40 @@ def test_a_fetched_checkpoint_is_kept_only_when_its_sha256_matches_its_name(tmp_
     assert not list((tmp_path / "torch").rglob("teacher-00000000.pth"))
 
 
+def test_ranks_fetching_one_checkpoint_url_download_it_once(tmp_path, monkeypatch):
+    """torchrun ranks resolve a URL checkpoint at once: one download, every rank gets the file."""
+    import http.server
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from functools import partial
+
+    from ldcache.domain.ld_config import fetched_checkpoint
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "teacher.pth").write_bytes(b"teacher weights")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    requests = []
+
+    class SlowHandler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            time.sleep(0.5)  # long enough for every rank to ask while the first download runs
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(SlowHandler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/teacher.pth"
+        with ThreadPoolExecutor(4) as ranks:
+            paths = list(ranks.map(lambda _: fetched_checkpoint(url), range(4)))
+    finally:
+        server.shutdown()
+    assert requests == ["/teacher.pth"]
+    assert len(set(paths)) == 1 and paths[0].read_bytes() == b"teacher weights"
+
+
 @pytest.mark.parametrize("option,expected", [
     ("model.bbox_head.reg_max=8", "reg_max: teacher 16 vs student 8, set by model.bbox_head.reg_max"),
     ("model.bbox_head.anchor_generator.octave_base_scale=4",

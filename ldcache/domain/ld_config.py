@@ -102,13 +102,27 @@ def teacher_checkpoint(cfg: Config, override: str | Path | None) -> Path:
 
 
 def fetched_checkpoint(url: str) -> Path:
-    """The local copy of a checkpoint URL in torch's hub cache, downloaded when not there yet."""
+    """The local copy of a checkpoint URL in torch's hub cache, downloaded when not there yet.
+
+    Every rank of a torchrun dump resolves the checkpoint before the ranks meet, so the download
+    is serialised by a lock file beside it: one process fetches, the others wait and find the file.
+    """
     import torch
+    from filelock import FileLock
 
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        if not path.is_file():
+            _download(url, path)
+    return path
+
+
+def _download(url: str, path: Path) -> None:
+    import torch
+
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(FETCH_TIMEOUT)
     try:
@@ -126,7 +140,6 @@ def fetched_checkpoint(url: str) -> Path:
                             "reached and give --teacher-ckpt PATH") from None
     finally:
         socket.setdefaulttimeout(previous)
-    return path
 
 
 def train_dataset(cfg: Config):
