@@ -193,6 +193,35 @@ def test_a_full_disk_in_pass_2_stops_with_the_resume_command_and_resume_finishes
     assert_same_arrays(store_arrays(out), store_arrays(shapes_store))
 
 
+@pytest.mark.slow
+def test_a_write_a_kill_interrupted_leaves_no_file_once_the_resumed_dump_finishes(
+        shapes_store, shapes_root, random_teacher, tmp_path, monkeypatch, one_thread):
+    from ldcache.dump.run import run_dump
+
+    original_replace = Path.replace
+    renames = []
+
+    def die_at_the_fourth_logits_rename(self, target):
+        if "/logits/" in str(target):
+            renames.append(target)
+            if len(renames) == 4:
+                raise OSError(errno.EIO, "the process died here")
+        return original_replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", die_at_the_fourth_logits_rename)
+    out = tmp_path / "teacher.zarr"
+    with pytest.raises(OSError, match="the process died here"):
+        run_dump(_options(shapes_root, random_teacher, out))
+    monkeypatch.undo()
+    # zarr deletes its staged file when the write raises; a SIGKILL gives it no chance: what it leaves.
+    staged = renames[-1].with_suffix(".0123456789abcdef0123456789abcdef.partial")
+    staged.write_bytes(b"half a shard")
+
+    run_dump(_options(shapes_root, random_teacher, out, resume=True))
+    assert not list(out.rglob("*.partial"))
+    assert_same_arrays(store_arrays(out), store_arrays(shapes_store))
+
+
 def test_ranks_on_gpus_set_the_device_first_and_meet_on_a_gloo_group(monkeypatch):
     import torch
     import torch.distributed as dist

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from ..errors import StoreCorruptError
@@ -152,9 +153,25 @@ def finish_store(path: str | Path, group: zarr.Group, attrs: StoreAttrs, blocks:
     shards = [blocks.shard(b) for b in blocks.blocks_with_rows()]
     _one_chunk(group, "shard_index", np.stack([read_shard_indexes(fetcher, ShardedRows(name, group[name]), shards)
                                                for name in ROW_ARRAYS]))
+    remove_interrupted_writes(path)
     attrs = write_status(group, attrs, STATUS_COMPLETE, summary=summary, statistics=statistics)
     remove_progress(path)
     return attrs
+
+
+def remove_interrupted_writes(path: str | Path) -> int:
+    """Delete the temporary files of chunk writes that a kill interrupted; returns how many.
+
+    zarr's local store writes a chunk to ``<chunk>.<hex>.partial`` and renames it into place, so a
+    process killed mid-write leaves that file, which no reader looks at but the disk keeps. Object
+    stores put whole objects and leave none. Only safe once no writer is left: the finish's."""
+    fs, root = store_filesystem(path)
+    if not isinstance(fs, LocalFileSystem):
+        return 0
+    leftovers = [p for p in fs.find(root) if p.endswith(".partial")]
+    for leftover in leftovers:
+        fs.rm_file(leftover)
+    return len(leftovers)
 
 
 def remove_progress(path: str | Path) -> None:
