@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from .store.format import STATUS_COMPLETE
@@ -60,7 +60,8 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> 
 
 class _RateColumn(ProgressColumn):
     def __init__(self, unit: str):
-        super().__init__()
+        # Never wrapped: on a narrow terminal the bar gives up its width instead of the rate its line.
+        super().__init__(table_column=Column(no_wrap=True))
         self.unit = unit
 
     def render(self, task) -> Text:
