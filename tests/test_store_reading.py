@@ -115,3 +115,29 @@ def test_reading_rows_equals_what_was_written_across_chunks_and_shards(tmp_path,
     group = zarr.open_group(str(path), mode="r")
     start, end = reader.blocks.rows(4)
     np.testing.assert_array_equal(group["masks"][start:end], masks[start:end].view(np.uint8).reshape(end - start, -1))
+
+
+def test_a_new_completion_replaces_the_stores_earlier_tables_on_the_machine(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from ldcache.store.tables import TABLES, load_tables, tables_folder
+
+    monkeypatch.setenv("LDCACHE_TABLES", str(tmp_path / "tables"))
+    reads = []
+
+    def read(names):
+        reads.append(names)
+        return {name: np.arange(4) + len(reads) for name in names}
+
+    first, other_store = SimpleNamespace(summary=SimpleNamespace(completion_id="first")), str(tmp_path / "other.zarr")
+    store = str(tmp_path / "store.zarr")
+    mapped = load_tables(store, first, read)["ptr"]
+    load_tables(other_store, first, read)
+    assert load_tables(store, first, read)["ptr"].tolist() == [1, 2, 3, 4] and len(reads) == 2, "read once"
+    assert sorted(reads[0]) == sorted(TABLES)
+
+    repaired = SimpleNamespace(summary=SimpleNamespace(completion_id="repaired"))
+    assert load_tables(store, repaired, read)["ptr"].tolist() == [3, 4, 5, 6]
+    assert not tables_folder(store, first).exists(), "the earlier completion's tables are gone"
+    assert tables_folder(store, repaired).exists() and tables_folder(other_store, first).exists()
+    assert mapped.tolist() == [1, 2, 3, 4], "a reader that mapped them keeps its pages"

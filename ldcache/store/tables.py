@@ -6,12 +6,15 @@ read, decoded and held once per worker (64 copies on an 8-GPU node with 8 worker
 first reader on a machine writes them as .npy files under `$LDCACHE_HOME/tables/`, keyed by the
 store's location and its `summary.completion_id` (new at every completion, a repair's too); every
 reader then maps them, so the page cache holds one copy per machine. Where that folder cannot be
-written, a reader keeps its own copy in memory.
+written, a reader keeps its own copy in memory. The reader that writes the tables of a new
+completion deletes those of the store's earlier ones, which no reader opens again (a process that
+still maps them keeps its pages): the folder holds one set per store, not one per repair.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,14 +28,18 @@ from .attrs import StoreAttrs
 TABLES = ("ptr", "image_ids", "img_shape", "pad_shape", "scale_factor", "flip", "shard_index", "image_files",
           "gt_ptr", "gt_boxes")
 READY = "ready"  # written last: a folder without it is being written, or was left by a killed reader
+SOURCE = "store"  # the store's location, to find a store's tables of other completions
 
 
 def tables_folder(store: str, attrs: StoreAttrs) -> Path:
     """Where this machine keeps the tables of one completion of one store: under $LDCACHE_TABLES,
     or $LDCACHE_HOME/tables. Each folder can be deleted at any time; a reader writes it again."""
-    location = store if "://" in store else str(Path(store).resolve())
-    key = hashlib.sha256(f"{location}\0{attrs.summary.completion_id}".encode()).hexdigest()[:32]
+    key = hashlib.sha256(f"{_location(store)}\0{attrs.summary.completion_id}".encode()).hexdigest()[:32]
     return Path(os.environ.get("LDCACHE_TABLES", ldcache_home() / "tables")) / key
+
+
+def _location(store: str) -> str:
+    return store if "://" in store else str(Path(store).resolve())
 
 
 def load_tables(store: str, attrs: StoreAttrs,
@@ -43,23 +50,35 @@ def load_tables(store: str, attrs: StoreAttrs,
     if not (folder / READY).exists():
         values = read(list(TABLES))
         values["image_order"] = np.argsort(values["image_ids"], kind="stable")
-        if not _write_tables(folder, values):
+        if not _write_tables(folder, values, _location(store)):
             return values
+        _remove_other_completions(folder, _location(store))
     # Plain ndarray views of the maps: numpy.memmap pays a Python hook on every index.
     return {name: np.asarray(np.load(folder / f"{name}.npy", mmap_mode="r")) for name in (*TABLES, "image_order")}
 
 
-def _write_tables(folder: Path, values: dict[str, np.ndarray]) -> bool:
+def _write_tables(folder: Path, values: dict[str, np.ndarray], location: str) -> bool:
     """Write the tables, each file atomically (readers racing here write the same bytes); False
     when the folder cannot be written."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for name, array in values.items():
             _write_atomically(folder / f"{name}.npy", lambda f, a=array: np.save(f, np.ascontiguousarray(a)))
+        _write_atomically(folder / SOURCE, lambda f: f.write(location.encode()))
         _write_atomically(folder / READY, lambda f: f.write(b"ok\n"))
     except OSError:
         return False
     return True
+
+
+def _remove_other_completions(folder: Path, location: str) -> None:
+    """Delete the tables of the store at `location` kept for completions other than `folder`'s."""
+    for other in folder.parent.iterdir():
+        try:
+            if other != folder and (other / SOURCE).read_bytes() == location.encode():
+                shutil.rmtree(other, ignore_errors=True)
+        except OSError:  # not a folder of tables, or one another reader is deleting
+            continue
 
 
 def _write_atomically(path: Path, write: Callable) -> None:
