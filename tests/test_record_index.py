@@ -73,3 +73,29 @@ def test_slice_records_and_levels_follow_the_row_pointers(reader):
             rows = slice(start - first, end - first)
             np.testing.assert_array_equal(slice_records(block_ptr, start, end), expected_record[rows])
             np.testing.assert_array_equal(slice_levels(block_ptr, start, end), expected_level[rows])
+
+
+def test_the_index_is_built_once_per_machine_and_store_completion(reader, monkeypatch, tmp_path):
+    import dataclasses
+
+    import ldcache.inspect.record_index as module
+
+    monkeypatch.setenv("LDCACHE_TABLES", str(tmp_path / "tables"))
+    opened = StoreReader(reader.path)  # writes the store's tables in this folder
+    built = []
+    original = module.record_index
+    monkeypatch.setattr(module, "record_index", lambda *args, **kw: built.append(1) or original(*args, **kw))
+    calls = []
+    first = module.kept_record_index(opened, lambda done, total: calls.append((done, total)))
+    again = module.kept_record_index(StoreReader(reader.path), lambda done, total: calls.append((done, total)))
+    assert len(built) == 1, "a second viewer start reads the kept index"
+    for kept, fresh in zip(again, record_index(reader)):
+        np.testing.assert_array_equal(kept, fresh)
+        assert kept.dtype == fresh.dtype
+    assert calls[-1] == calls[-2] == (reader.blocks.num_blocks,) * 2, "the page sees the index done either way"
+
+    repaired = dataclasses.replace(opened.attrs, summary=dataclasses.replace(opened.attrs.summary,
+                                                                             completion_id="repaired"))
+    monkeypatch.setattr(opened, "attrs", repaired)
+    module.kept_record_index(opened)
+    assert len(built) == 2, "another completion of the store is indexed anew"

@@ -81,6 +81,24 @@ def _remove_other_completions(folder: Path, location: str) -> None:
             continue
 
 
+def kept_arrays(store: str, attrs: StoreAttrs, name: str,
+                compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """{key: array} derived from one completion of a store (a full pass over its rows, say):
+    `compute()` once per machine, then read back from `name`.npz beside the store's tables (and
+    deleted with them). Computed afresh where the folder cannot be written."""
+    path = tables_folder(store, attrs) / f"{name}.npz"
+    if path.exists():
+        with np.load(path) as kept:
+            return {key: kept[key] for key in kept.files}
+    values = compute()
+    if path.parent.is_dir():
+        try:
+            _write_atomically(path, lambda f: np.savez(f, **values))
+        except OSError:
+            pass  # a read-only folder: the next start computes them again
+    return values
+
+
 def _write_atomically(path: Path, write: Callable) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

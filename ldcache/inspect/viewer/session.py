@@ -16,7 +16,7 @@ from ...store.reader import StoreReader
 from ...store.targets import LDTargets
 from ..plots import view_gt_boxes, view_image
 from ..report import store_summary
-from ..record_index import RecordIndex, record_index
+from ..record_index import RecordIndex, kept_record_index
 from .figures import picture_uri
 
 RECORDS_KEPT = 16  # records held decoded: the image shown, its other view, and a few visited
@@ -91,7 +91,7 @@ class StoreSession:
     @staticmethod
     def _build_index(reader: StoreReader, progress: IndexProgress) -> None:
         try:
-            progress.result = record_index(reader, progress)
+            progress.result = kept_record_index(reader, progress)
         except LDCacheError as e:
             progress.error = str(e)
         except Exception as e:  # noqa: BLE001 - any other failure must end the page's wait with its reason
