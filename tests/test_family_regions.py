@@ -309,6 +309,19 @@ def test_fcos_regions_match_the_official_rules(seed):
     assert vlr.sum() > 10
 
 
+def test_fcos_main_on_p7_for_a_coco_sized_object():
+    """The top regress range (512 px and up) on a COCO-sized image (800 x 1333, padded): an object
+    whose edges lie over 512 px from points near its centre is Main on P7 only there."""
+    gts = torch.tensor([box(700, 420, 1240, 760), box(300, 300, 120, 90)], dtype=torch.float32)
+    pad_shape = (800, 1344)
+    points, counts = grid_priors(fcos_generator(), pad_shape)
+    got = family_regions(FCOS_RULE, points, counts, gts, GAMMA, STRIDES)
+    main, vlr = fcos_reference(points, counts, gts)
+    assert torch.equal(got.main, main) and torch.equal(got.vlr(GAMMA), vlr[:, None].expand(-1, 2))
+    p7 = slice(sum(counts[:4]), sum(counts))
+    assert got.main[p7].any(), "the large object is Main on P7"
+
+
 def test_fcos_regions_without_gt_are_empty():
     points, counts = grid_priors(fcos_generator(), FCOS_PAD)
     got = family_regions(FCOS_RULE, points, counts, torch.zeros((0, 4)), GAMMA, STRIDES)
