@@ -310,7 +310,10 @@ def inspect(
 
                 plot_stats(statistics, plot)
                 console.note(f"histograms written to {plot}")
-            console.print_json(statistics) if as_json else report.print_stats(reader.strides, statistics, reader.attrs.region.vlr)
+            if as_json:
+                console.print_json(statistics)
+            else:
+                report.print_stats(reader.strides, statistics, reader.attrs.region.vlr)
         else:
             summary = report.store_summary(reader)
             console.print_json(summary) if as_json else report.print_summary(summary)
