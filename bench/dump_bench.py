@@ -3,7 +3,7 @@
 1. overhead: dump wall time / the teacher's forward passes alone over the same image-views.
 2. size: bytes per image-view at COCO geometry (1333x800, about 7 boxes per image with COCO's
    size mix, 80 classes), for the default dump and the size options (value codec, VLR metrics,
-   class logits on Main rows only), against dense fp16.
+   class logits on Main rows only, Main rows only), against dense fp16.
 3. fidelity: LD's KL at T=10 between the stored values and the exact fp32 teacher outputs.
 4. reading: CPU time to read and decode one complete record, per variant, in a fresh process.
 
@@ -55,6 +55,8 @@ VARIANTS = {
     "q8_main_cls": {"dtype": "q8", "vlr_class_logits": False},
     "q8_main_cls_official": {"dtype": "q8", "vlr_class_logits": False, "vlr_metrics": ("official",)},
     "q8_main_cls_diou": {"dtype": "q8", "vlr_class_logits": False, "vlr_metrics": ("diou",)},
+    "main": {"region": "main"},
+    "q8_main": {"dtype": "q8", "region": "main"},
     "dense": {"region": "dense"},
 }
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import (BIN, CACHED_CONFIG, CONFIGS, PAPER_TERMS, TEACHER_CONFIG, cached_cfg as _cached_cfg,
-                      loaded_targets)
+                      dump_args, loaded_targets, run_dump_cli)
 from ldcache.errors import LDCacheError
 
 LD_TERMS = ("loss_ld", "loss_ld_vlr", "loss_kd")
@@ -248,3 +248,56 @@ def test_positives_without_a_teacher_row_are_refused(shapes_store, random_teache
     student, _, batch = _models_and_batch(cfg, random_teacher)
     with pytest.raises(LDCacheError, match="had no cached teacher row"):
         student.loss(batch["inputs"], batch["data_samples"])
+
+
+@pytest.fixture(scope="module")
+def main_store(shapes_root, random_teacher, tmp_path_factory):
+    """The random teacher dumped like shapes_store, with --region main."""
+    out = tmp_path_factory.mktemp("main") / "teacher.zarr"
+    result = run_dump_cli(dump_args(shapes_root, random_teacher, out, "--region", "main"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_a_main_only_store_holds_the_distill_stores_main_rows(main_store, shapes_store):
+    import numpy as np
+
+    from ldcache.store.format import FLAG_MAIN
+    from ldcache.store.reader import StoreReader
+
+    main, distill = StoreReader(main_store), StoreReader(shapes_store)
+    assert (main.attrs.region.mode, main.attrs.region.vlr_metrics) == ("main", ())
+    assert main.num_records == distill.num_records
+    rows = 0
+    for record in range(main.num_records):
+        for ours, full in zip(main.read_record(record).levels(), distill.read_record(record).levels()):
+            kept = (full.flags & FLAG_MAIN) > 0
+            assert (ours.flags == FLAG_MAIN).all() and not ours.vlr_step_weight.any()
+            for field in ("loc", "prior", "reg", "cls"):
+                np.testing.assert_array_equal(getattr(ours, field), getattr(full, field)[kept], err_msg=field)
+            rows += len(ours.loc)
+    assert 0 < rows < sum(int(n) for n in distill.attrs.summary.rows_per_level) / 5
+
+
+def test_a_main_only_store_trains_main_terms_as_the_distill_store_does(main_store, shapes_store, random_teacher):
+    from mmdet.registry import MODELS
+
+    from ldcache.store.reader import StoreReader
+    from ldcache.train.check_hook import check_store_fits
+
+    main_terms = dict(PAPER_TERMS, loss_ld_vlr=None, loss_kd_vlr=None)
+    losses = []
+    for store in (main_store, shapes_store):
+        student, _, batch = _models_and_batch(_cached_cfg(store, **main_terms), random_teacher)
+        losses.append(student.loss(batch["inputs"], batch["data_samples"]))
+    for name in ("loss_ld", "loss_kd"):
+        a, b = (float(sum(terms[name]).detach()) for terms in losses)
+        assert b != 0 and a == pytest.approx(b, rel=1e-6), name  # the sums see other row counts: last bits
+
+    reader = StoreReader(main_store)
+    ids = [int(i) for i in reader.image_ids]
+    check_store_fits(reader, None, ids, MODELS.build({**_cached_cfg(main_store).model.bbox_head, **main_terms}))
+    vlr_student = MODELS.build({**_cached_cfg(main_store).model.bbox_head, **PAPER_TERMS})
+    with pytest.raises(LDCacheError, match=r"Main rows only \(dumped with --region main\).*loss_ld_vlr=None.*"
+                                           r"--region distill"):
+        check_store_fits(reader, None, ids, vlr_student)

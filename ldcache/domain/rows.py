@@ -39,7 +39,9 @@ class RegionRowMaker:
         self.region, self.gamma = region, gamma
         self.rule = rule or atss_rule()
         self.priors_per_location = int(prior_generator.num_base_priors[0])
-        # A metric left out gets no flag, ratio or weight: its VLR is simply not in the store.
+        # A metric left out gets no flag, ratio or weight: its VLR is simply not in the store
+        # (region 'main' leaves out every metric, so that only the Main rows are kept).
+        vlr_metrics = () if region == "main" else vlr_metrics
         self.metric_on = np.array([m in vlr_metrics for m in VLR_METRICS])
         self.metric_flags = np.array([REGION_FLAGS[f"vlr_{m}"] * (m in vlr_metrics) for m in VLR_METRICS], np.uint8)
 
@@ -55,7 +57,7 @@ class RegionRowMaker:
         vlr = regions.vlr_ratio.numpy() >= self.gamma
         # The VLR bits as a product with each metric's bit (0 for a metric left out), and the main bit.
         flags = vlr.view(np.uint8) @ self.metric_flags | regions.main.numpy().view(np.uint8) * np.uint8(FLAG_MAIN)
-        keep = np.flatnonzero(flags) if self.region == "distill" else np.arange(len(flags))
+        keep = np.arange(len(flags)) if self.region == "dense" else np.flatnonzero(flags)
         # One table for all levels, cut at the level boundaries: few numpy calls per image-view.
         table = np.zeros(len(keep), dtype=MASK_DTYPE)
         table["flags"] = flags[keep]

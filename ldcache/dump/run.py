@@ -231,11 +231,16 @@ def _new_attrs(opts: DumpOptions, hashes: dict, scan: DatasetScan, geometry: Hea
         head=geometry, grid=GridAttrs(PAD_DIVISOR, FLIP_DIRECTIONS[0]),
         dataset=DatasetAttrs(str(opts.ann_file), hashes["ann"], str(opts.img_dir), tuple(scan.classes)),
         views=tuple(ViewAttrs(v.name, tuple(v.scale), v.flip) for v in opts.views),
-        region=RegionAttrs(opts.region, opts.gamma, rule.topk, tuple(m for m in VLR_METRICS if m in opts.vlr_metrics),
+        region=RegionAttrs(opts.region, opts.gamma, rule.topk, _stored_metrics(opts),
                            rule.main, rule.vlr),
         values=ValuesAttrs(opts.dtype, opts.vlr_class_logits),
         # shard_rows is known once pass 1 has counted the rows; create_store sets it.
         layout=LayoutAttrs(opts.block_size, opts.chunk_rows, opts.chunk_rows, len(scan.images), len(opts.views)))
+
+
+def _stored_metrics(opts: DumpOptions) -> tuple[str, ...]:
+    """The VLR metrics whose rows and data the store holds: none with --region main."""
+    return () if opts.region == "main" else tuple(m for m in VLR_METRICS if m in opts.vlr_metrics)
 
 
 def _needs_regions_pass(opts: DumpOptions, attrs: StoreAttrs, ranks: Ranks) -> bool:

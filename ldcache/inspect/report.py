@@ -213,17 +213,19 @@ def locate(reader: StoreReader, record: int, targets: LDTargets, at: tuple[float
         if len(hits):
             best = hits[np.argmax(ambiguity(targets.level(lvl))[hits])]
             return RowKey(lvl, loc, int(targets.level(lvl).prior[best]))
-    raise BadInputError(_not_stored(at, level, anchor, stored))
+    raise BadInputError(_not_stored(at, level, anchor, stored, reader.attrs.region.mode))
 
 
-def _not_stored(at: tuple[float, float], level: int | None, anchor: int | None, stored: dict[str, list[int]]) -> str:
+def _not_stored(at: tuple[float, float], level: int | None, anchor: int | None, stored: dict[str, list[int]],
+                mode: str) -> str:
     """Why `locate` found no row: the anchor is not stored there (naming the stored ones), or no row is."""
     if stored:
         there = "; ".join(f"{name} anchors {', '.join(map(str, priors))}" for name, priors in stored.items())
         return f"anchor {anchor} is not stored at location {at[0]},{at[1]} (stored there: {there})"
     where = f"level {level}" if level is not None else "any level"
-    return (f"location {at[0]},{at[1]} is not stored at {where}: in 'distill' mode only Main and "
-            "VLR locations are (see the image's --plot for where they are)")
+    kept = "Main and VLR locations are" if mode == "distill" else "Main locations are"
+    return (f"location {at[0]},{at[1]} is not stored at {where}: in {mode!r} mode only {kept} "
+            "(see the image's --plot for where they are)")
 
 
 def most_ambiguous(targets: LDTargets, level: int | None, anchor: int | None = None) -> RowKey:

@@ -8,7 +8,7 @@ STATUS_CREATED, STATUS_MASKS, STATUS_COMPLETE = "created", "masks-written", "com
 STATUSES = (STATUS_CREATED, STATUS_MASKS, STATUS_COMPLETE)
 # The group of an unfinished store holding its per-block done flags and statistics.
 PROGRESS = "progress"
-REGION_MODES = ("distill", "dense")
+REGION_MODES = ("distill", "main", "dense")
 # The flip a stored view may carry: mmdet RandomFlip's direction (the regions mirror boxes left-right).
 FLIP_DIRECTIONS = ("horizontal",)
 

@@ -80,6 +80,12 @@ def check_store_fits(reader: StoreReader, ann_file: str | None, image_ids, head,
                                  "student (`ldcache dump-teacher LD_CONFIG`), which takes the student's rules")
     losses = getattr(head, "ld_losses", {})
     uses_vlr = losses.get("loss_ld_vlr") is not None or losses.get("loss_kd_vlr") is not None
+    if uses_vlr and region.mode == "main":
+        terms = [t for t in ("loss_ld_vlr", "loss_kd_vlr") if losses.get(t) is not None]
+        raise StoreMismatchError(f"store {reader.path} holds Main rows only (dumped with --region main), but the "
+                                 f"student's VLR terms ({', '.join(terms)}) need VLR rows: set "
+                                 f"{' and '.join(f'model.bbox_head.{t}=None' for t in terms)}, or dump with "
+                                 "--region distill")
     if uses_vlr and head.vlr_metric not in region.vlr_metrics:
         raise StoreMismatchError(f"vlr_metric {head.vlr_metric!r} is not in store {reader.path} (it holds "
                                  f"{list(region.vlr_metrics)}): set model.bbox_head.vlr_metric to one of those, "
