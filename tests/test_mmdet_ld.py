@@ -34,6 +34,7 @@ def ld_store(shapes_root, random_teacher, tmp_path_factory):
     # Where each input came from, said in a few lines.
     said = " ".join((result.stdout + result.stderr).split())
     assert f"teacher {TEACHER_CONFIG}" in said and "Main ATSSAssigner(topk=9), VLR band" in said
+    assert "its student has no VLR term: --region main would store its Main rows alone" in said  # LDHead's
     return out
 
 

@@ -69,3 +69,9 @@ def build_config_head(cfg: Config):
         raise BadInputError(f"the student's head cannot be trained from a store: {reason}")
     return head
 
+
+
+def vlr_terms(ld_losses: dict) -> list[str]:
+    """The VLR terms a student head distils (``loss_ld_vlr``, ``loss_kd_vlr``), from its
+    ``ld_losses`` (a cached-LD head's; mmdet's LDHead has none): they need the store's VLR rows."""
+    return [term for term in ("loss_ld_vlr", "loss_kd_vlr") if ld_losses.get(term) is not None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..domain.head import build_config_head
+from ..domain.head import build_config_head, vlr_terms
 from ..domain.ld_config import (is_ld_config, load_config, teacher_checkpoint, teacher_config_file,
                                 train_classes, train_data_files, train_views)
 from ..domain.region_rule import region_rule
@@ -68,7 +68,11 @@ def _from_ld_config(cfg, request: DumpRequest, options: dict) -> tuple[DumpOptio
              f"  teacher {teacher_config}, checkpoint {checkpoint}",
              f"  train data {ann_file}, images {img_dir}",
              f"  views {views}; the student's regions: {rule.describe()}"]
+    if opts.region == "distill" and not vlr_terms(getattr(head, "ld_losses", {})):
+        notes.append("  its student has no VLR term: --region main would store its Main rows alone (GFL on COCO: "
+                     "about 3% of the rows); the default keeps the VLR rows for students that add them")
     return opts, notes
+
 
 
 def _data_files(cfg, request: DumpRequest) -> tuple[Path, Path]:

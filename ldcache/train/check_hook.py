@@ -8,7 +8,7 @@ from mmengine.hooks import Hook
 
 from ..digest import file_sha256
 from ..domain.classes import classes_difference
-from ..domain.head import head_mismatch
+from ..domain.head import head_mismatch, vlr_terms
 from ..domain.region_rule import region_rule, rule_mismatch, stored_rule
 from ..domain.ld_config import flip_probability
 from ..errors import BadInputError, StoreMismatchError
@@ -36,7 +36,7 @@ def gamma_mismatch(region: RegionAttrs, vlr_gamma: float, losses: dict) -> str |
     weights: a row keeps the weight steps of the GTs it is VLR for at the store's gamma only."""
     if vlr_gamma >= region.gamma:
         return None
-    if region.mode == "distill" and (losses.get("loss_ld_vlr") is not None or losses.get("loss_kd_vlr") is not None):
+    if region.mode == "distill" and vlr_terms(losses):
         return (f"vlr_gamma {vlr_gamma} is below the store's {region.gamma}: its VLR rows start at gamma "
                 f"{region.gamma}. Re-dump with --gamma {vlr_gamma}, or set model.bbox_head.vlr_gamma to "
                 f"{region.gamma} or above")
@@ -79,14 +79,13 @@ def check_store_fits(reader: StoreReader, ann_file: str | None, image_ids, head,
                                  "give the student the store's settings, or re-dump with an LD config of this "
                                  "student (`ldcache dump-teacher LD_CONFIG`), which takes the student's rules")
     losses = getattr(head, "ld_losses", {})
-    uses_vlr = losses.get("loss_ld_vlr") is not None or losses.get("loss_kd_vlr") is not None
-    if uses_vlr and region.mode == "main":
-        terms = [t for t in ("loss_ld_vlr", "loss_kd_vlr") if losses.get(t) is not None]
+    terms = vlr_terms(losses)
+    if terms and region.mode == "main":
         raise StoreMismatchError(f"store {reader.path} holds Main rows only (dumped with --region main), but the "
                                  f"student's VLR terms ({', '.join(terms)}) need VLR rows: set "
                                  f"{' and '.join(f'model.bbox_head.{t}=None' for t in terms)}, or dump with "
                                  "--region distill")
-    if uses_vlr and head.vlr_metric not in region.vlr_metrics:
+    if terms and head.vlr_metric not in region.vlr_metrics:
         raise StoreMismatchError(f"vlr_metric {head.vlr_metric!r} is not in store {reader.path} (it holds "
                                  f"{list(region.vlr_metrics)}): set model.bbox_head.vlr_metric to one of those, "
                                  f"or re-dump with --vlr-metric {head.vlr_metric}")
