@@ -47,7 +47,9 @@ iterations, as above). Every student validates every --student-val-interval epoc
 the schedule); the baseline's val curve tells whether its schedule has converged (val AP gains
 less than 0.01 over the last third of training), printed after the baseline's runs, which come
 first (before the teacher), and stated in the table. --baseline-only stops there: a cheap way to
-pick --student-epochs, whose baseline runs the full experiment then reuses. OUT is
+pick --student-epochs, whose baseline runs the full experiment then reuses; --stop-unconverged stops
+there only when the rule fails (exit status 3), so that an unattended chain of families spends no
+teacher or LD runs on a schedule the rule rejects. OUT is
 work_dirs/experiment_<family>; the family's own section of docs/results.md ("## Table 5 on shapes:
 <Family>", placed in the order of FAMILIES) and its entry under "families" in docs/results.json are
 replaced, the rest of both files kept.
@@ -386,9 +388,14 @@ def run_family(args, family: Family, root: Path) -> None:
     exp = Experiment(args, family, Inputs(root), lambda row: family_row_options(row, head))
     select = args.seeds[:args.select_seeds]
     exp.run(["baseline"], select)
-    print(convergence_text(convergence(exp)), flush=True)
+    schedule = convergence(exp)
+    print(convergence_text(schedule), flush=True)
     if args.baseline_only:
         return
+    if args.stop_unconverged and not schedule["converged"]:
+        print(f"--stop-unconverged: {family.name}'s baseline has not converged at this schedule; no teacher or LD "
+              "run started. Choose --student-epochs and --lr-drops with --baseline-only", flush=True)
+        sys.exit(3)
     exp.inputs, setup = teacher_and_store(args, family, root)
     exp.run(list(FAMILY_LD_ROWS), select)
     chosen = exp.best(list(FAMILY_LD_ROWS), select)
@@ -645,6 +652,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--baseline-only", action="store_true",
                         help="with --family: train the baseline on the --select-seeds seeds, print its val curve "
                         "and convergence, and stop (to pick --student-epochs)")
+    parser.add_argument("--stop-unconverged", action="store_true",
+                        help="with --family: stop after the baseline's --select-seeds runs (exit status 3) when "
+                        "its schedule has not converged, before the teacher and LD runs it would waste; for "
+                        "unattended runs of several families")
     parser.add_argument("--select-seeds", type=int, default=3, help="seeds the val choices are made on")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (on 2 cores one run of 2 threads is "
                         "faster than two of one)")

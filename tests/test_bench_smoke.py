@@ -27,3 +27,21 @@ def test_coco_scale_bench_smoke(tmp_path):
     assert {"objects (files) in the store", "inspect --stats seconds",
             "dump CPU ms per image-view"} <= figures
     assert "| figure | variant |" in result.stdout
+
+
+def test_ld_experiment_stops_a_family_whose_baseline_has_not_converged(tmp_path):
+    """--stop-unconverged: a baseline still gaining over its last third stops the family's
+    experiment before its teacher (here a recorded baseline run, so that nothing trains)."""
+    out = tmp_path / "experiment"
+    out.mkdir()
+    baseline = {"row": "baseline", "seed": 0, "epochs": 6, "val_curve": [[2, 0.1], [4, 0.3], [6, 0.5]],
+                "val_bbox_mAP": 0.5, "test_bbox_mAP": 0.45}
+    (out / "runs.jsonl").write_text(json.dumps(baseline) + "\n")
+    result = subprocess.run([sys.executable, str(REPO / "bench/ld_experiment.py"), "--family", "fcos", "--seeds", "0",
+                             "--select-seeds", "1", "--student-epochs", "6", "--stop-unconverged", "--out", str(out),
+                             "--results", str(tmp_path / "results.md"), "--train", "8", "--val", "4", "--test", "4"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 3, result.stderr[-3000:]
+    said = " ".join(result.stdout.split())
+    assert "+0.200" in said and "NOT converged" in said and "--stop-unconverged" in said
+    assert sorted(p.name for p in out.iterdir()) == ["runs.jsonl"] and not (tmp_path / "results.md").exists()
