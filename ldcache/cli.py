@@ -316,7 +316,8 @@ def inspect(
             if as_json:
                 console.print_json(statistics)
             else:
-                report.print_stats(reader.strides, statistics, reader.attrs.region.vlr)
+                region = reader.attrs.region
+                report.print_stats(reader.strides, statistics, report.region_columns(region.vlr, region.vlr_metrics))
         else:
             summary = report.store_summary(reader)
             console.print_json(summary) if as_json else report.print_summary(summary)

@@ -321,6 +321,15 @@ def shapes_store(shapes_root, random_teacher, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def main_store(shapes_root, random_teacher, tmp_path_factory) -> Path:
+    """The random teacher dumped like shapes_store, with --region main: the Main rows only."""
+    out = tmp_path_factory.mktemp("main_store") / "teacher.zarr"
+    result = run_dump_cli(dump_args(shapes_root, random_teacher, out, "--region", "main"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
 BROWSER_MISSING = ("headless Chromium not installed: run `bash scripts/setup.sh --browser` "
                    "(Debian's chromium and chromium-driver)")
 

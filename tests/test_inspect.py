@@ -101,6 +101,25 @@ def test_location_report_at_a_main_location(shapes_store):
         assert sum(probs) == pytest.approx(1.0, abs=1e-9) and len(probs) == 17
 
 
+def test_a_main_only_store_shows_no_vlr_and_says_where_its_rows_are(main_store, shapes_store):
+    summary = json.loads(_inspect(main_store, "--json").stdout)
+    assert summary["region_mode"] == "main" and summary["vlr_metrics"] == []
+    assert summary["rows_per_level_and_region"]["main"] == summary["rows_per_level"]
+    for args in ((), ("--stats",)):
+        text = _inspect(main_store, *args).stdout
+        assert "per level" in text and "VLR" not in text.split("per level")[1], args
+    # A location the distill store keeps for its VLR alone is not in the Main-only store.
+    group, ptr, masks, _, _ = _all_rows(shapes_store)
+    record = 2 * 2
+    level_rows = masks[ptr[record, 0]:ptr[record, 1]]
+    vlr_only = level_rows[level_rows["flags"] & FLAG_MAIN == 0][0]
+    grid_w = int(np.ceil(group["pad_shape"][record][1] / 8))
+    x, y = (int(vlr_only["loc"]) % grid_w) * 8, (int(vlr_only["loc"]) // grid_w) * 8
+    result = _inspect(main_store, "--image", int(group["image_ids"][2]), "--level", 0, "--at", f"{x},{y}")
+    assert result.returncode != 0
+    assert "is not stored at level 0: in 'main' mode only Main locations are" in " ".join(result.stderr.split())
+
+
 def test_errors_are_one_line(shapes_store, tmp_path):
     image_id = int(zarr.open_group(str(shapes_store), mode="r")["image_ids"][0])
     cases = [

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import (BIN, CACHED_CONFIG, CONFIGS, PAPER_TERMS, TEACHER_CONFIG, cached_cfg as _cached_cfg,
-                      dump_args, loaded_targets, run_dump_cli)
+                      loaded_targets)
 from ldcache.errors import LDCacheError
 
 LD_TERMS = ("loss_ld", "loss_ld_vlr", "loss_kd")
@@ -248,15 +248,6 @@ def test_positives_without_a_teacher_row_are_refused(shapes_store, random_teache
     student, _, batch = _models_and_batch(cfg, random_teacher)
     with pytest.raises(LDCacheError, match="had no cached teacher row"):
         student.loss(batch["inputs"], batch["data_samples"])
-
-
-@pytest.fixture(scope="module")
-def main_store(shapes_root, random_teacher, tmp_path_factory):
-    """The random teacher dumped like shapes_store, with --region main."""
-    out = tmp_path_factory.mktemp("main") / "teacher.zarr"
-    result = run_dump_cli(dump_args(shapes_root, random_teacher, out, "--region", "main"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
 
 
 def test_a_main_only_store_holds_the_distill_stores_main_rows(main_store, shapes_store):

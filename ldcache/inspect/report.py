@@ -50,6 +50,7 @@ def store_summary(reader: StoreReader) -> dict:
         "classes": list(attrs.dataset.classes),
         "images": len(reader.image_ids), "views": [v.name for v in attrs.views],
         "image_views": reader.num_records, "region_mode": attrs.region.mode,
+        "vlr_metrics": list(attrs.region.vlr_metrics),
         "gamma": attrs.region.gamma, "region_main": dict(attrs.region.main), "region_vlr": attrs.region.vlr,
         "region_rules": stored_rule(attrs.region).describe(), "strides": list(attrs.head.strides),
         "rows_per_level": stats["rows_per_level"], "rows_per_level_and_region": stats["rows_per_level_and_region"],
@@ -81,7 +82,7 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
 def print_summary(summary: dict) -> None:
     """The summary as a table, then the per-level table."""
     console.key_value_table(f"ldcache store {summary['store']}", summary_rows(summary))
-    print_level_table(summary["strides"], summary, summary["region_vlr"])
+    print_level_table(summary["strides"], summary, region_columns(summary["region_vlr"], summary["vlr_metrics"]))
 
 
 def counted(number: int, kind: str) -> str:
@@ -89,37 +90,43 @@ def counted(number: int, kind: str) -> str:
     return f"{number} {kind if number != 1 else kind[:-1]}"
 
 
-def print_level_table(strides, stats: dict, vlr_rule: str) -> None:
-    """Rows per level and region, and the mean edge entropy, of a summary or of --stats."""
-    console.table("per level", level_columns(vlr_rule), level_rows(strides, stats, vlr_rule))
+def print_level_table(strides, stats: dict, regions: dict[str, str]) -> None:
+    """Rows per level and region (`regions`: region_columns), and the mean edge entropy, of a
+    summary or of --stats."""
+    console.table("per level", level_columns(regions), level_rows(strides, stats, regions))
 
 
-def region_columns(vlr_rule: str) -> dict[str, str]:
-    """The region counts a table shows, heading -> key of REGION_FLAGS: Main and the VLR of each
-    stored metric, or one VLR column for inside_gt (whose rows carry every metric's flag)."""
-    if vlr_rule == INSIDE_GT:
-        return {"main": "main", "VLR inside a GT": "vlr_official"}
-    return {"main": "main", "VLR official": "vlr_official", "VLR diou": "vlr_diou"}
+def region_columns(vlr_rule: str, vlr_metrics) -> dict[str, str]:
+    """The region counts a table shows, heading -> key of REGION_FLAGS: Main, and the VLR of each
+    metric the store holds, or one VLR column for inside_gt (whose rows carry every stored
+    metric's flag); a store of Main rows only has no VLR column."""
+    columns = {"main": "main"}
+    if vlr_rule == INSIDE_GT and vlr_metrics:
+        columns["VLR inside a GT"] = f"vlr_{vlr_metrics[0]}"
+    elif vlr_rule != INSIDE_GT:
+        columns.update({f"VLR {metric}": f"vlr_{metric}" for metric in vlr_metrics})
+    return columns
 
 
-def level_columns(vlr_rule: str) -> tuple[str, ...]:
+def level_columns(regions: dict[str, str]) -> tuple[str, ...]:
     """The headings of level_rows."""
-    return ("level", "stride", "rows", *region_columns(vlr_rule), "mean edge entropy (nats)")
+    return ("level", "stride", "rows", *regions, "mean edge entropy (nats)")
 
 
-def level_rows(strides, stats: dict, vlr_rule: str) -> list[tuple[str, ...]]:
+def level_rows(strides, stats: dict, regions: dict[str, str]) -> list[tuple[str, ...]]:
     """Per level, the level_columns of a summary or of --stats."""
-    regions = stats["rows_per_level_and_region"]
+    counts = stats["rows_per_level_and_region"]
     entropies = stats.get("mean_edge_entropy_per_level", stats.get("mean_edge_entropy"))
     return [(f"P{level + 3}", str(stride), str(stats["rows_per_level"][level]),
-             *[str(regions[key][level]) for key in region_columns(vlr_rule).values()],
+             *[str(counts[key][level]) for key in regions.values()],
              "-" if entropies[level] is None else f"{entropies[level]:.3f}")
             for level, stride in enumerate(strides)]
 
 
-def print_stats(strides, stats: dict, vlr_rule: str) -> None:
-    """`inspect --stats` as tables: the per-level table, then the entropy quartiles per level."""
-    print_level_table(strides, stats, vlr_rule)
+def print_stats(strides, stats: dict, regions: dict[str, str]) -> None:
+    """`inspect --stats` as tables: the per-level table (`regions`: region_columns), then the
+    entropy quartiles per level."""
+    print_level_table(strides, stats, regions)
     edges = np.asarray(stats["entropy_bin_edges"])
     rows = []
     for level, counts in enumerate(stats["entropy_histogram"]):
@@ -368,14 +375,15 @@ def image_report(reader: StoreReader, record: int, targets: LDTargets) -> dict:
             **{name: int(((rows.flags & bit) > 0).sum()) for name, bit in REGION_FLAGS.items()},
             "mean_edge_entropy": float(edge_entropy(rows.reg).mean()) if len(rows.loc) else None})
     return {"record": record, "img_shape": reader.img_shape[record].tolist(), "flip": bool(reader.flip[record]),
-            "priors_per_location": reader.attrs.head.num_base_priors, "levels": per_level}
+            "priors_per_location": reader.attrs.head.num_base_priors,
+            "vlr_metrics": list(reader.attrs.region.vlr_metrics), "levels": per_level}
 
 
 def print_image_report(image_id: int, view: int, report: dict) -> None:
     """The image's rows per level (and locations, with several priors per location), then its location report."""
     image = report["image"]
     several = image["priors_per_location"] > 1
-    regions = region_columns(report["location"]["vlr_rule"])
+    regions = region_columns(report["location"]["vlr_rule"], image["vlr_metrics"])
     console.table(f"image {image_id}, view {view}: img_shape {image['img_shape']}{' flipped' if image['flip'] else ''}",
                   ("level", "rows", *["locations"] * several, *regions, "mean edge entropy"),
                   [(f"P{lvl['level'] + 3}", str(lvl["rows"]), *[str(lvl["locations"])] * several,

@@ -14,8 +14,8 @@ from dash import Dash, Input, Output, State, ctx, dash_table, dcc, html, no_upda
 
 from ...errors import LDCacheError
 from ...store.reader import StoreReader
-from ..report import (EDGES, INSIDE_GT, level_columns, level_rows, location_title, most_ambiguous, region_names,
-                      summary_rows)
+from ..report import (EDGES, INSIDE_GT, level_columns, level_rows, location_title, most_ambiguous, region_columns,
+                      region_names, summary_rows)
 from ..stats import counts_histogram
 from ..plots import expectations
 from .figures import OVERLAYS, edge_figure, histogram_figure, level_figure
@@ -318,8 +318,8 @@ def _summary_page(reader: StoreReader, summary: dict) -> html.Div:
                                               "rows", color="darkorange"), config=static)], style={"width": "340px"}))
     if empty:
         graphs.append(html.Div(f"no rows at {', '.join(empty)}", style={"alignSelf": "center", "color": "#555"}))
-    rule = summary["region_vlr"]
-    columns = level_columns(rule)
+    regions = region_columns(summary["region_vlr"], summary["vlr_metrics"])
+    columns = level_columns(regions)
     return html.Div([
         html.H3("store summary"),
         html.Table([html.Tr([html.Th(k, style={"textAlign": "left", "paddingRight": "16px", "verticalAlign": "top"}),
@@ -327,7 +327,7 @@ def _summary_page(reader: StoreReader, summary: dict) -> html.Div:
                     for k, v in summary_rows(summary)], id="summary-table"),
         html.H4("per level"),
         dash_table.DataTable(id="level-table", columns=[{"name": k, "id": k} for k in columns],
-                             data=[dict(zip(columns, row)) for row in level_rows(summary["strides"], summary, rule)],
+                             data=[dict(zip(columns, row)) for row in level_rows(summary["strides"], summary, regions)],
                              style_cell={"textAlign": "left"}),
         html.H4("dataset statistics (stored by the dump; `ldcache inspect --stats` recomputes them)"),
         html.Div(graphs, style={"display": "flex", "flexWrap": "wrap"}),
