@@ -575,9 +575,9 @@ def family_section(exp: Experiment, setup: dict) -> str:
         f"Teacher: {family.title} R34 tiny (`{family.teacher.relative_to(REPO)}` with `model.backbone.depth=34`), "
         f"{args.teacher_epochs} epochs, val AP {setup['teacher'].get('bbox_mAP', float('nan')):.3f} "
         f"(by epoch: {teacher_curve}); dump {setup['dump_seconds']:.0f} s (identity + flipped view).",
-        f"Students: {family.title} R18 tiny from scratch, AdamW, batch 8, the learning rate / 10 at 2/3 and 11/12 "
-        f"of the iterations, val AP every {args.student_val_interval} epochs; the same seeds (weights and data "
-        "order) in every row.",
+        f"Students: {family.title} R18 tiny from scratch, AdamW, batch 8, {args.student_epochs} epochs, the "
+        f"learning rate / 10 at {' and '.join(f'{n}/{d}' for n, d in args.lr_drops)} of the iterations, val AP "
+        f"every {args.student_val_interval} epochs; the same seeds (weights and data order) in every row.",
         "",
         convergence_text(convergence(exp)),
         "",

@@ -45,3 +45,53 @@ def test_ld_experiment_stops_a_family_whose_baseline_has_not_converged(tmp_path)
     said = " ".join(result.stdout.split())
     assert "+0.200" in said and "NOT converged" in said and "--stop-unconverged" in said
     assert sorted(p.name for p in out.iterdir()) == ["runs.jsonl"] and not (tmp_path / "results.md").exists()
+
+
+def _ld_experiment():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ld_experiment", REPO / "bench" / "ld_experiment.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(row, seed, val, test):
+    return {"row": row, "seed": seed, "epochs": 48, "lr_drops": [[1, 2], [5, 6]], "train_seconds": 1300.0,
+            "train_cpu_seconds": 2600.0, "val_curve": [[16, 0.5], [24, 0.68], [32, val - 0.004], [48, val]],
+            "val_bbox_mAP": val, "test_bbox_mAP": test, "test_bbox_mAP_50": 0.9, "test_bbox_mAP_75": 0.8}
+
+
+def test_a_familys_table_5_section_states_its_schedule_and_paired_results(tmp_path, monkeypatch):
+    """The section a finished family's experiment writes, from recorded runs (nothing trains)."""
+    bench = _ld_experiment()
+    out, results = tmp_path / "experiment_retina", tmp_path / "results.md"
+    out.mkdir()
+    results.write_text("# Results\n\n## The GFL experiment\n\nkept as it is\n")
+    runs = [_run("baseline", s, 0.74, t) for s, t in ((0, 0.713), (1, 0.70), (2, 0.72))]
+    runs += [_run("ld@official", 0, 0.70, 0.69), *[_run("ld@official/10", s, 0.76, t)
+                                                   for s, t in ((0, 0.73), (1, 0.71), (2, 0.735))]]
+    (out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    monkeypatch.setattr(sys, "argv", ["ld_experiment.py", "--family", "retina", "--student-epochs", "48",
+                                      "--lr-drops", "1/2,5/6", "--select-seeds", "1", "--out", str(out),
+                                      "--results", str(results)])
+    args = bench.parse_args()
+    family = bench.FAMILIES["retina"]
+    exp = bench.Experiment(args, family, bench.Inputs(tmp_path), lambda row: {})
+    setup = {"argv": " ".join(sys.argv[1:]), "teacher": {"bbox_mAP": 0.8}, "teacher_curve": [[36, 0.8]],
+             "dump_seconds": 60.0, "chosen": "ld@official/10", "select": [0],
+             "losses": bench.HeadLosses.of(family.cached).built(),
+             "selection": {row: exp.mean(row, seeds=[0]) for row in ("baseline", *bench.FAMILY_LD_ROWS)}}
+    section = bench.write_family_results(exp, setup, results)
+    said = " ".join(section.split())
+    assert said.startswith("## Table 5 on shapes: RetinaNet")
+    assert "48 epochs, the learning rate / 10 at 1/2 and 5/6 of the iterations" in said
+    assert "+0.004 (per seed +0.004 +0.004 +0.004): converged" in said
+    assert "| baseline | 3 |" in said and "| ld@official | 1 |" in said and "| ld@official/10 | 3 |" in said
+    assert "| +0.017 +0.010 +0.015 | 1300 | 2600 |" in said and "helps" in said.split("**Result")[1]
+    text = results.read_text()
+    assert "kept as it is" in text and text.index("## The GFL experiment") < text.index("## Table 5 on shapes")
+    summary = json.loads(results.with_suffix(".json").read_text())["families"]["retina"]
+    assert summary["per_seed"] == [0.017, 0.01, 0.015] and summary["selection_seeds"] == [0]
+    assert summary["convergence"]["converged"] is True
