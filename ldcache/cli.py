@@ -9,12 +9,38 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from . import console
 from .demo.run import STUDENT_EPOCHS, TEACHER_EPOCHS
 from .errors import LDCacheError
 
+def mmdet_cfg_options(argv: list[str]) -> list[str]:
+    """`argv` with mmdet's ``--cfg-options k1=v1 k2=v2`` (several pairs after one flag, as its
+    tools take them) spelled as the app's options take them: one pair per ``--cfg-options``."""
+    spelled, value_next, pairs = [], False, False
+    for token in argv:
+        if value_next:  # the flag's own value, whatever it is (the command checks it)
+            spelled.append(token)
+            value_next, pairs = False, True
+        elif pairs and "=" in token and not token.startswith("-"):
+            spelled += ["--cfg-options", token]
+        else:
+            spelled.append(token)
+            value_next = token == "--cfg-options"
+            pairs = token.startswith("--cfg-options=")
+    return spelled
+
+
+class _App(TyperGroup):
+    """The app's command group: it reads mmdet's spelling of --cfg-options."""
+
+    def main(self, args=None, *rest, **options):
+        return super().main(mmdet_cfg_options(sys.argv[1:] if args is None else list(args)), *rest, **options)
+
+
 app = typer.Typer(
+    cls=_App,
     help="Offline Localization Distillation for mmdetection dense detectors: run the teacher "
          "once into a Zarr cache, then train any number of students from it.",
     no_args_is_help=True,
@@ -59,8 +85,9 @@ def dump_teacher(
     img_dir: Optional[Path] = typer.Option(
         None, "--img-dir", help="Folder of the images named in the annotation file. Default: the config's train dataset."),
     cfg_options: Optional[list[str]] = typer.Option(
-        None, "--cfg-options", help="key=value overrides of CONFIG, repeatable (mmengine syntax), e.g. "
-                                    "model.teacher_config=PATH or train_dataloader.dataset.data_root=DIR."),
+        None, "--cfg-options", help="key=value overrides of CONFIG (mmengine syntax), several after one flag as in "
+                                    "mmdet's tools, e.g. model.teacher_config=PATH "
+                                    "train_dataloader.dataset.data_root=DIR."),
     scale: Optional[list[str]] = typer.Option(
         None, "--scale", help="View scale WxH as in mmdet's Resize(keep_ratio=True); repeat for several. "
                               "Default: an LD config's train Resize scale, a teacher config's test Resize scale."),
@@ -170,7 +197,7 @@ def train_student(
     work_dir: Optional[Path] = typer.Option(None, help="Checkpoints and logs (default work_dirs/<config name>)."),
     resume: bool = typer.Option(False, help="Resume from the latest checkpoint in the work dir."),
     cfg_options: Optional[list[str]] = typer.Option(
-        None, "--cfg-options", help="key=value overrides of the config, repeatable (mmengine syntax)."),
+        None, "--cfg-options", help="key=value overrides of the config (mmengine syntax), several after one flag as in mmdet's tools."),
 ) -> None:
     """Train a student with Localization Distillation from a cached teacher store.
 
@@ -203,7 +230,7 @@ def train_teacher(
     work_dir: Optional[Path] = typer.Option(None, help="Checkpoints and logs (default work_dirs/<config name>)."),
     resume: bool = typer.Option(False, help="Resume from the latest checkpoint in the work dir."),
     cfg_options: Optional[list[str]] = typer.Option(
-        None, "--cfg-options", help="key=value overrides of the config, repeatable (mmengine syntax)."),
+        None, "--cfg-options", help="key=value overrides of the config (mmengine syntax), several after one flag as in mmdet's tools."),
 ) -> None:
     """Train a detector (a teacher to dump) with mmengine's Runner, as mmdet's tools/train.py does.
 
@@ -229,7 +256,7 @@ def evaluate(
     checkpoint: Path = typer.Argument(..., help="The checkpoint to evaluate (a work dir's last_checkpoint names it)."),
     work_dir: Optional[Path] = typer.Option(None, help="Where the evaluation logs go (default work_dirs/<config name>)."),
     cfg_options: Optional[list[str]] = typer.Option(
-        None, "--cfg-options", help="key=value overrides of the config, repeatable (mmengine syntax)."),
+        None, "--cfg-options", help="key=value overrides of the config (mmengine syntax), several after one flag as in mmdet's tools."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON (for scripts)."),
 ) -> None:
     """COCO AP of a checkpoint on the config's test set, as mmdet's tools/test.py computes it.

@@ -1,5 +1,7 @@
 from typer.testing import CliRunner
 
+from conftest import CONFIGS
+
 from ldcache.cli import app
 
 runner = CliRunner()
@@ -28,3 +30,17 @@ def test_dump_teacher_help_explains_its_options():
 def test_demo_refuses_a_schedule_of_no_epochs_in_one_line():
     result = runner.invoke(app, ["demo", "--teacher-epochs", "0"])
     assert result.exit_code == 2 and "--teacher-epochs" in result.output and "Traceback" not in result.output
+
+
+def test_cfg_options_take_mmdets_spelling_of_several_pairs_after_one_flag():
+    from ldcache.cli import mmdet_cfg_options
+
+    assert mmdet_cfg_options(["dump-teacher", "c.py", "--cfg-options", "a=1", "b.c=[1,2]", "--out", "s.zarr"]) == [
+        "dump-teacher", "c.py", "--cfg-options", "a=1", "--cfg-options", "b.c=[1,2]", "--out", "s.zarr"]
+    assert mmdet_cfg_options(["x", "--cfg-options=a=1", "b=2", "ckpt.pth"]) == [
+        "x", "--cfg-options=a=1", "--cfg-options", "b=2", "ckpt.pth"]
+    assert mmdet_cfg_options(["x", "--out", "a=b.zarr"]) == ["x", "--out", "a=b.zarr"], "only after --cfg-options"
+    # Through the app: the second pair is an option, not an extra argument.
+    result = runner.invoke(app, ["train-teacher", str(CONFIGS / "tiny/ld_r18_tiny_mmdet.py"), "--cfg-options",
+                                 "train_cfg.max_epochs=1", "train_dataloader.batch_size=2"])
+    assert "is an LD config" in result.output and "unexpected extra argument" not in result.output
