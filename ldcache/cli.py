@@ -197,7 +197,8 @@ def train_student(
     work_dir: Optional[Path] = typer.Option(None, help="Checkpoints and logs (default work_dirs/<config name>)."),
     resume: bool = typer.Option(False, help="Resume from the latest checkpoint in the work dir."),
     cfg_options: Optional[list[str]] = typer.Option(
-        None, "--cfg-options", help="key=value overrides of the config (mmengine syntax), several after one flag as in mmdet's tools."),
+        None, "--cfg-options", help="key=value overrides of the config (mmengine syntax), several after one "
+                                    "flag as in mmdet's tools."),
 ) -> None:
     """Train a student with Localization Distillation from a cached teacher store.
 
@@ -230,7 +231,8 @@ def train_teacher(
     work_dir: Optional[Path] = typer.Option(None, help="Checkpoints and logs (default work_dirs/<config name>)."),
     resume: bool = typer.Option(False, help="Resume from the latest checkpoint in the work dir."),
     cfg_options: Optional[list[str]] = typer.Option(
-        None, "--cfg-options", help="key=value overrides of the config (mmengine syntax), several after one flag as in mmdet's tools."),
+        None, "--cfg-options", help="key=value overrides of the config (mmengine syntax), several after one "
+                                    "flag as in mmdet's tools."),
 ) -> None:
     """Train a detector (a teacher to dump) with mmengine's Runner, as mmdet's tools/train.py does.
 
@@ -256,7 +258,8 @@ def evaluate(
     checkpoint: Path = typer.Argument(..., help="The checkpoint to evaluate (a work dir's last_checkpoint names it)."),
     work_dir: Optional[Path] = typer.Option(None, help="Where the evaluation logs go (default work_dirs/<config name>)."),
     cfg_options: Optional[list[str]] = typer.Option(
-        None, "--cfg-options", help="key=value overrides of the config (mmengine syntax), several after one flag as in mmdet's tools."),
+        None, "--cfg-options", help="key=value overrides of the config (mmengine syntax), several after one "
+                                    "flag as in mmdet's tools."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON (for scripts)."),
 ) -> None:
     """COCO AP of a checkpoint on the config's test set, as mmdet's tools/test.py computes it.
