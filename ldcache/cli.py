@@ -15,6 +15,7 @@ from . import console
 from .demo.run import STUDENT_EPOCHS, TEACHER_EPOCHS
 from .errors import LDCacheError
 
+
 def mmdet_cfg_options(argv: list[str]) -> list[str]:
     """`argv` with mmdet's ``--cfg-options k1=v1 k2=v2`` (several pairs after one flag, as its
     tools take them) spelled as the app's options take them: one pair per ``--cfg-options``."""

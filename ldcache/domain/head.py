@@ -70,7 +70,6 @@ def build_config_head(cfg: Config):
     return head
 
 
-
 def vlr_terms(ld_losses: dict) -> list[str]:
     """The VLR terms a student head distils (``loss_ld_vlr``, ``loss_kd_vlr``), from its
     ``ld_losses`` (a cached-LD head's; mmdet's LDHead has none): they need the store's VLR rows."""

@@ -74,7 +74,6 @@ def _from_ld_config(cfg, request: DumpRequest, options: dict) -> tuple[DumpOptio
     return opts, notes
 
 
-
 def _data_files(cfg, request: DumpRequest) -> tuple[Path, Path]:
     """--ann-file and --img-dir, each defaulting to the config's train dataset."""
     if request.ann_file is not None and request.img_dir is not None:

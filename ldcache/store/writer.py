@@ -159,19 +159,17 @@ def finish_store(path: str | Path, group: zarr.Group, attrs: StoreAttrs, blocks:
     return attrs
 
 
-def remove_interrupted_writes(path: str | Path) -> int:
-    """Delete the temporary files of chunk writes that a kill interrupted; returns how many.
+def remove_interrupted_writes(path: str | Path) -> None:
+    """Delete the temporary files of chunk writes that a kill interrupted.
 
     zarr's local store writes a chunk to ``<chunk>.<hex>.partial`` and renames it into place, so a
     process killed mid-write leaves that file, which no reader looks at but the disk keeps. Object
     stores put whole objects and leave none. Only safe once no writer is left: the finish's."""
     fs, root = store_filesystem(path)
     if not isinstance(fs, LocalFileSystem):
-        return 0
-    leftovers = [p for p in fs.find(root) if p.endswith(".partial")]
-    for leftover in leftovers:
+        return
+    for leftover in [p for p in fs.find(root) if p.endswith(".partial")]:
         fs.rm_file(leftover)
-    return len(leftovers)
 
 
 def remove_progress(path: str | Path) -> None:
