@@ -362,8 +362,9 @@ def _serve(store: str, host: str, port: int) -> None:
     from .inspect.viewer import serve
     from .inspect.viewer.session import StoreSession
 
+    session = StoreSession(store)
     try:
-        StoreSession(store).reader()
+        session.reader()  # opened once, here, so that a store that cannot be opened is said at once
     except LDCacheError as e:
         console.error(f"{e} (the viewer shows this until the store opens)")
     with socket.socket() as probe:  # werkzeug would exit with its own banner instead
@@ -373,7 +374,7 @@ def _serve(store: str, host: str, port: int) -> None:
         except OSError as e:
             _fail(f"cannot listen on {host}:{port} ({e.strerror or e}): pick another port with --port")
     console.note(f"ldcache viewer of {store} at http://{host}:{port}/ (Ctrl-C stops it)")
-    serve(store, host, port)
+    serve(session, host, port)
 
 
 def _parse_location(at: str) -> tuple[float, float]:

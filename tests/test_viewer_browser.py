@@ -26,8 +26,9 @@ def viewer_url(shapes_store):
     from werkzeug.serving import make_server
 
     from ldcache.inspect.viewer import build_app
+    from ldcache.inspect.viewer.session import StoreSession
 
-    server = make_server("127.0.0.1", 0, build_app(str(shapes_store)).server, threaded=True)
+    server = make_server("127.0.0.1", 0, build_app(StoreSession(str(shapes_store))).server, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
@@ -191,12 +192,13 @@ def test_viewer_shows_the_cli_error_in_the_page(browser, tmp_path):
     from werkzeug.serving import make_server
 
     from ldcache.inspect.viewer import build_app
+    from ldcache.inspect.viewer.session import StoreSession
 
     missing = tmp_path / "missing.zarr"
     cli = subprocess.run([sys.executable, "-m", "ldcache.cli", "inspect", str(missing)], capture_output=True, text=True)
     assert cli.returncode == 2
     message = re.sub(r"\s+", " ", cli.stderr.strip())
-    server = make_server("127.0.0.1", 0, build_app(str(missing)).server, threaded=True)
+    server = make_server("127.0.0.1", 0, build_app(StoreSession(str(missing))).server, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         browser.get(f"http://127.0.0.1:{server.server_port}/")

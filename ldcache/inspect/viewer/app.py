@@ -42,16 +42,17 @@ def error_box(message: str) -> html.Div:
                     style={"color": "#b00020", "fontWeight": "bold", "margin": "12px 0"})
 
 
-def build_app(store: str) -> Dash:
+def build_app(session: StoreSession) -> Dash:
     """The viewer's app.
 
     Args:
-        store (str): a folder or an s3:// URL, opened on the first request (again after a failure).
+        session (StoreSession): the store (a folder or an s3:// URL), opened on the first request
+            that needs it (again after a failure).
 
     Returns:
         Dash: its Flask server is `app.server`; `serve` runs it.
     """
-    session = StoreSession(store)
+    store = session.store
     app = Dash(__name__, title="ldcache inspect", suppress_callback_exceptions=True)
     app.layout = html.Div([
         dcc.Location(id="url", refresh="callback-nav"),  # a page change redraws the page, never reloads it
@@ -65,12 +66,12 @@ def build_app(store: str) -> Dash:
     return app
 
 
-def serve(store: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+def serve(session: StoreSession, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
     """Run the viewer until interrupted (Ctrl-C)."""
     # The image page draws with mmcv (the picture) and torch (the GT boxes in the view): imported
     # while the user looks at the list, the first image opens in a tenth of a second, not two.
     threading.Thread(target=_import_drawing, daemon=True, name="ldcache-warm-up").start()
-    build_app(store).run(host=host, port=port, debug=False)
+    build_app(session).run(host=host, port=port, debug=False)
 
 
 def _import_drawing() -> None:
