@@ -238,6 +238,7 @@ def probe_viewer(store: str, images: int) -> dict:
     started = time.perf_counter()
     from ldcache.inspect.viewer import build_app  # what `ldcache inspect --serve` imports
     from ldcache.inspect.viewer.image_list import PAGE_SIZE
+    from ldcache.inspect.viewer.session import StoreSession
     import_s = time.perf_counter() - started
     opened = _opens_under(os.path.abspath(store) if "://" not in store else "\0")
     steps = {}
@@ -253,7 +254,7 @@ def probe_viewer(store: str, images: int) -> dict:
 
     def open_viewer() -> tuple[list[int], list[dict]]:
         nonlocal client
-        app = step("build_app", build_app, store)
+        app = step("build_app", lambda: build_app(StoreSession(store)))
         client = app.server.test_client()
         assert "_dash-config" in step("GET /", get, "/").get_data(True)
         step("GET /_dash-layout", get, "/_dash-layout")
