@@ -23,8 +23,9 @@ main_ld_vlr@per_image runs. Each row's LD and KD terms start from the head class
 (not from configs/tiny/ld_r18_tiny_cached.py, which holds the recipe chosen here). Each choice
 is made on the first --select-seeds seeds; the rows chosen (and the baseline) then get every
 seed, and the online row every seed. Runs are separate processes, --jobs at a time, each with
-torch threads = 2 / jobs; finished runs (OUT/runs.jsonl, keyed by row, seed and --student-epochs)
-are not redone, so an interrupted experiment resumes.
+torch threads = 2 / jobs; finished runs (OUT/runs.jsonl, keyed by row, seed, --student-epochs,
+--lr-drops and, for LD rows, --teacher-epochs: each teacher is trained and dumped in its own
+folder) are not redone, so an interrupted experiment resumes.
 The tables go to docs/results.md (with a summary in docs/results.json, which the demo quotes);
 every '## ' section under them (the analysis, the families' tables) is kept.
 
@@ -42,9 +43,12 @@ channels, so the neck fits), trained on train and dumped once; the ResNet-18 stu
         -> the recipe: the LD row of the better mean val AP on the first --select-seeds seeds
 
 then baseline and recipe on every seed (3 by default), on test, paired by seed, with the CPU time
-of each run. Defaults: teacher 36 epochs, students 24 (LR drops at 2/3 and 11/12 of the
-iterations, as above). Every student validates every --student-val-interval epochs (a sixth of
-the schedule); the baseline's val curve tells whether its schedule has converged (val AP gains
+of each run. Defaults: students 48 epochs with the LR dropping tenfold at 1/2 and 5/6 of the
+iterations (so that the last third, where convergence is read, starts after the first drop:
+with mmdet's 2/3 and 11/12 it would begin at the drop and take in its gain); the teacher 72
+epochs (1.5x the students', mmdet's 1x drop shape), so that it is stronger than the students it
+teaches, which the section checks against the baseline's val AP. Every student validates every
+--student-val-interval epochs (a sixth of the schedule); the baseline's val curve tells whether its schedule has converged (val AP gains
 less than 0.01 over the last third of training), printed after the baseline's runs, which come
 first (before the teacher), and stated in the table. --baseline-only stops there: a cheap way to
 pick --student-epochs, whose baseline runs the full experiment then reuses; --stop-unconverged stops
@@ -55,7 +59,7 @@ work_dirs/experiment_<family>; the family's own section of docs/results.md ("## 
 replaced, the rest of both files kept.
 
     python bench/ld_experiment.py --family retina --seeds 0 --baseline-only   # the schedule
-    python bench/ld_experiment.py --family retina --select-seeds 2
+    python bench/ld_experiment.py --family retina --select-seeds 1
 """
 from __future__ import annotations
 
@@ -91,6 +95,8 @@ FAMILY_LD_ROWS = ("ld@official", "ld@official/10")
 CONVERGED_GAIN = 0.01
 # ldcache.train.schedule.DROPS as JSON keeps it (importing ldcache.train loads mmdet; a test checks both agree).
 DEFAULT_DROPS = [[2, 3], [11, 12]]
+# A family's students: the last third of training, where convergence is read, after the first drop.
+FAMILY_DROPS = [[1, 2], [5, 6]]
 FAMILY_HEADING = "## Table 5 on shapes: "
 
 
@@ -110,11 +116,12 @@ class Family:
 
 
 GFL = Family("gfl", "GFL", BASELINE, CACHED, TEACHER, defaults={
-    "seeds": [0, 1, 2, 3, 4], "teacher_epochs": 12, "student_epochs": 2, "out": REPO / "work_dirs/experiment"})
+    "seeds": [0, 1, 2, 3, 4], "teacher_epochs": 12, "teacher_val_interval": 2, "student_epochs": 2,
+    "out": REPO / "work_dirs/experiment"})
 FAMILIES = {name: Family(name, title, TINY / f"{name}_dist_tiny.py", TINY / f"ld_{name}_dist_tiny_cached.py",
                          TINY / f"{name}_dist_tiny.py", {"model.backbone.depth": 34},
-                         {"seeds": [0, 1, 2], "teacher_epochs": 36, "student_epochs": 24,
-                          "out": REPO / f"work_dirs/experiment_{name}"})
+                         {"seeds": [0, 1, 2], "teacher_epochs": 72, "teacher_val_interval": 6, "student_epochs": 48,
+                          "lr_drops": FAMILY_DROPS, "out": REPO / f"work_dirs/experiment_{name}"})
             for name, title in (("retina", "RetinaNet"), ("fcos", "FCOS"), ("atss", "ATSS"), ("gflv2", "GFLv2"))}
 
 
@@ -239,6 +246,7 @@ def train_one(job: dict) -> dict:
     runner.train()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     record = {"row": row, "seed": job["seed"], "epochs": epochs, "lr_drops": job["lr_drops"],
+              **({} if row == "baseline" else {"teacher_epochs": job["teacher_epochs"]}),
               "train_seconds": round(seconds, 1),
               "train_cpu_seconds": round(cpu, 1), "ld_main_weight_mean": logged_mean(work, "ld_main_weight_mean"),
               "val_curve": val_curve(work)}
@@ -267,12 +275,15 @@ class Experiment:
         self.records = [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
 
     def runs(self, row: str, seeds: list[int] | None = None) -> list[dict]:
-        """The records of a row at this schedule (epochs and LR drops), for `seeds` (default: all).
-        Records written before they carried their epochs are taken to be at this schedule, and those
-        without LR drops at the default ones."""
-        return [r for r in self.records if r["row"] == row and r["seed"] in (seeds or self.args.seeds)
-                and r.get("epochs", self.args.student_epochs) == self.args.student_epochs
-                and r.get("lr_drops", DEFAULT_DROPS) == self.args.lr_drops]
+        """The records of a row at this schedule (epochs and LR drops) and, but for the baseline,
+        this teacher (its epochs), for `seeds` (default: all). Records written before they carried
+        their epochs are taken to be at this schedule and teacher, and those without LR drops at the
+        default ones."""
+        args = self.args
+        return [r for r in self.records if r["row"] == row and r["seed"] in (seeds or args.seeds)
+                and r.get("epochs", args.student_epochs) == args.student_epochs
+                and r.get("lr_drops", DEFAULT_DROPS) == args.lr_drops
+                and (row == "baseline" or r.get("teacher_epochs", args.teacher_epochs) == args.teacher_epochs)]
 
     def rows(self) -> list[str]:
         """The rows with runs at this schedule and these seeds, in the order they were first run."""
@@ -292,6 +303,7 @@ class Experiment:
         work = self.args.out / "".join(c if c.isalnum() else "_" for c in row) / f"seed{seed}"
         plain = row == "baseline"
         job = {"row": row, "seed": seed, "epochs": self.args.student_epochs, "lr_drops": self.args.lr_drops,
+               "teacher_epochs": self.args.teacher_epochs,
                "train_images": self.args.train,
                "val_interval": self.args.student_val_interval, "root": str(self.inputs.root),
                "config": str(self.family.plain if plain else self.family.cached),
@@ -334,14 +346,16 @@ def teacher_and_store(args, family: Family, root: Path) -> tuple[Inputs, dict]:
     # One checkpoint, at the end (the dump's): run_once redoes an unfinished teacher from the start.
     options = {**scaled_schedule(args.teacher_epochs, args.teacher_val_interval), "default_hooks.logger.interval": 20,
                "default_hooks.checkpoint.interval": args.teacher_epochs, **family.teacher_options}
-    teacher = run_once(args.out / "teacher", lambda: train_and_test(family.teacher, args.out / "teacher", options))
-    checkpoint = Path((args.out / "teacher" / "last_checkpoint").read_text().strip())
-    store = args.out / "teacher.zarr"
-    dump_info = run_once(args.out / "dump", lambda: run_dump(DumpOptions(
+    # Keyed by the teacher's epochs: another --teacher-epochs trains and dumps its own teacher.
+    name = f"teacher_{args.teacher_epochs}ep"
+    teacher = run_once(args.out / name, lambda: train_and_test(family.teacher, args.out / name, options))
+    checkpoint = Path((args.out / name / "last_checkpoint").read_text().strip())
+    store = args.out / f"{name}.zarr"
+    dump_info = run_once(args.out / f"dump_{args.teacher_epochs}ep", lambda: run_dump(DumpOptions(
         family.teacher, checkpoint, root / "annotations/instances_train.json", root / "images/train", store,
         parse_views([(320, 320)], flip=True), workers=0, resume=store.exists(),
         cfg_options=family.teacher_options or None)).to_dict())
-    facts = {"argv": " ".join(sys.argv[1:]), "teacher": teacher, "teacher_curve": val_curve(args.out / "teacher"),
+    facts = {"argv": " ".join(sys.argv[1:]), "teacher": teacher, "teacher_curve": val_curve(args.out / name),
              "dump_seconds": dump_info["seconds"]}
     return Inputs(root, store, checkpoint), facts
 
@@ -581,6 +595,8 @@ def family_section(exp: Experiment, setup: dict) -> str:
         "",
         convergence_text(convergence(exp)),
         "",
+        teacher_margin_text(exp, setup["teacher"].get("bbox_mAP", float("nan"))),
+        "",
         f"Recipe, chosen on the mean val AP of seeds {setup['select']}: `{chosen}` ({selection}). Official LD "
         f"and KD loss weights of `{family.cached.relative_to(REPO)}`: {weights}; `ld@official/10` divides each "
         "by 10.",
@@ -590,6 +606,17 @@ def family_section(exp: Experiment, setup: dict) -> str:
         verdict_text(exp, chosen),
     ]
     return "\n".join(lines)
+
+
+def teacher_margin_text(exp: Experiment, teacher_ap: float) -> str:
+    """The teacher's val AP against the baseline students' (mean over their seeds): LD can only
+    pass on what the teacher knows beyond the student."""
+    student_ap = exp.mean("baseline")
+    text = (f"Teacher val AP {teacher_ap:.3f} against the baseline students' {student_ap:.3f} (mean of "
+            f"{len(exp.runs('baseline'))} seeds): {teacher_ap - student_ap:+.3f}")
+    if teacher_ap <= student_ap:
+        return text + ": the teacher is no stronger than the students it teaches, so LD has little to pass on."
+    return text + "."
 
 
 def family_summary(exp: Experiment, setup: dict) -> dict:
@@ -639,13 +666,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--val", type=int, default=48)
     parser.add_argument("--test", type=int, default=96)
     parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 3 4; 0 1 2 with --family")
-    parser.add_argument("--teacher-epochs", type=int, help="default 12; 36 with --family")
-    parser.add_argument("--teacher-val-interval", type=int, default=2)
-    parser.add_argument("--student-epochs", type=int, help="default 2; 24 with --family")
-    parser.add_argument("--lr-drops", type=lr_drops, default=DEFAULT_DROPS, metavar="N/D,N/D",
+    parser.add_argument("--teacher-epochs", type=int, help="default 12; 72 with --family (1.5x the students')")
+    parser.add_argument("--teacher-val-interval", type=int, help="default 2; 6 with --family")
+    parser.add_argument("--student-epochs", type=int, help="default 2; 48 with --family")
+    parser.add_argument("--lr-drops", type=lr_drops, metavar="N/D,N/D",
                         help="where the students' LR drops tenfold, as fractions of the run; default 2/3,11/12 "
-                             "(mmdet's 1x). Earlier drops (1/2,5/6) put the last third, where convergence is "
-                             "read, after the first drop")
+                             "(mmdet's 1x), 1/2,5/6 with --family (the last third, where convergence is read, "
+                             "after the first drop)")
     parser.add_argument("--student-val-interval", type=int,
                         help="epochs between the students' validations; default: a sixth of --student-epochs "
                         "with --family (the baseline's convergence is read from them), none (at the end only) without")
@@ -667,7 +694,7 @@ def parse_args() -> argparse.Namespace:
     if args.select_seeds < 1:  # an empty selection would read as "every seed" below
         parser.error("--select-seeds takes a count of seeds, 1 or more")
     family = FAMILIES.get(args.family, GFL)
-    for name, value in family.defaults.items():
+    for name, value in {"lr_drops": DEFAULT_DROPS, **family.defaults}.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.student_val_interval is None:
