@@ -48,13 +48,13 @@ iterations (so that the last third, where convergence is read, starts after the 
 with mmdet's 2/3 and 11/12 it would begin at the drop and take in its gain); the teacher 72
 epochs (1.5x the students', mmdet's 1x drop shape), so that it is stronger than the students it
 teaches, which the section checks against the baseline's val AP. Every student validates every
---student-val-interval epochs (a sixth of the schedule); the baseline's val curve tells whether its schedule has converged (val AP gains
-less than 0.01 over the last third of training), printed after the baseline's runs, which come
-first (before the teacher), and stated in the table. --baseline-only stops there: a cheap way to
-pick --student-epochs, whose baseline runs the full experiment then reuses; --stop-unconverged stops
-there only when the rule fails (exit status 3), so that an unattended chain of families spends no
-teacher or LD runs on a schedule the rule rejects. OUT is
-work_dirs/experiment_<family>; the family's own section of docs/results.md ("## Table 5 on shapes:
+--student-val-interval epochs (a sixth of the schedule); the baseline's val curve tells whether
+its schedule has converged (val AP gains less than 0.01 over the last third of training), printed
+after the baseline's runs, which come first (before the teacher), and stated in the table.
+--baseline-only stops there: a cheap way to pick --student-epochs, whose baseline runs the full
+experiment then reuses; --stop-unconverged stops there only when the rule fails (exit status 3),
+so that an unattended chain of families spends no teacher or LD runs on a schedule the rule
+rejects. OUT is work_dirs/experiment_<family>; the family's own section of docs/results.md ("## Table 5 on shapes:
 <Family>", placed in the order of FAMILIES) and its entry under "families" in docs/results.json are
 replaced, the rest of both files kept.
 
@@ -587,7 +587,8 @@ def family_section(exp: Experiment, setup: dict) -> str:
         f"Produced by `python bench/ld_experiment.py {setup['argv']}` on a 2-core CPU machine (no GPU), "
         f"{args.jobs} run(s) at a time; {args.train} train, {args.val} val, {args.test} test images.",
         f"Teacher: {family.title} R34 tiny (`{family.teacher.relative_to(REPO)}` with `model.backbone.depth=34`), "
-        f"{args.teacher_epochs} epochs, val AP {setup['teacher'].get('bbox_mAP', float('nan')):.3f} "
+        f"{args.teacher_epochs} epochs (the learning rate / 10 at 2/3 and 11/12), val AP "
+        f"{setup['teacher'].get('bbox_mAP', float('nan')):.3f} "
         f"(by epoch: {teacher_curve}); dump {setup['dump_seconds']:.0f} s (identity + flipped view).",
         f"Students: {family.title} R18 tiny from scratch, AdamW, batch 8, {args.student_epochs} epochs, the "
         f"learning rate / 10 at {' and '.join(f'{n}/{d}' for n, d in args.lr_drops)} of the iterations, val AP "
