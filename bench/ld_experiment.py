@@ -54,9 +54,9 @@ after the baseline's runs, which come first (before the teacher), and stated in 
 --baseline-only stops there: a cheap way to pick --student-epochs, whose baseline runs the full
 experiment then reuses; --stop-unconverged stops there only when the rule fails (exit status 3),
 so that an unattended chain of families spends no teacher or LD runs on a schedule the rule
-rejects. OUT is work_dirs/experiment_<family>; the family's own section of docs/results.md ("## Table 5 on shapes:
-<Family>", placed in the order of FAMILIES) and its entry under "families" in docs/results.json are
-replaced, the rest of both files kept.
+rejects. OUT is work_dirs/experiment_<family>; the family's own section of docs/results.md
+("## Table 5 on shapes: <Family>", placed in the order of FAMILIES) and its entry under
+"families" in docs/results.json are replaced, the rest of both files kept.
 
     python bench/ld_experiment.py --family retina --seeds 0 --baseline-only   # the schedule
     python bench/ld_experiment.py --family retina --select-seeds 1
