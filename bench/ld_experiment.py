@@ -23,9 +23,10 @@ main_ld_vlr@per_image runs. Each row's LD and KD terms start from the head class
 (not from configs/tiny/ld_r18_tiny_cached.py, which holds the recipe chosen here). Each choice
 is made on the first --select-seeds seeds; the rows chosen (and the baseline) then get every
 seed, and the online row every seed. Runs are separate processes, --jobs at a time, each with
-torch threads = 2 / jobs; finished runs (OUT/runs.jsonl, keyed by row, seed, --student-epochs,
---lr-drops and, for LD rows, --teacher-epochs: each teacher is trained and dumped in its own
-folder) are not redone, so an interrupted experiment resumes.
+torch threads = 2 / jobs; finished runs (--records, keyed by row, seed, --student-epochs,
+--lr-drops and, for LD rows, the teacher: its --teacher-epochs and the digest of its weights;
+each teacher is trained and dumped in its own folder) are not redone, so an interrupted
+experiment resumes.
 The tables go to docs/results.md (with a summary in docs/results.json, which the demo quotes);
 every '## ' section under them (the analysis, the families' tables) is kept.
 
@@ -54,12 +55,20 @@ after the baseline's runs, which come first (before the teacher), and stated in 
 --baseline-only stops there: a cheap way to pick --student-epochs, whose baseline runs the full
 experiment then reuses; --stop-unconverged stops there only when the rule fails (exit status 3),
 so that an unattended chain of families spends no teacher or LD runs on a schedule the rule
-rejects. OUT is work_dirs/experiment_<family>; the family's own section of docs/results.md
+rejects. A family takes about 3.5 hours on 2 CPU cores, more than one sitting on a machine whose
+work_dirs/ does not outlive it, so its records are kept in the repository
+(bench/records/table5_<family>.jsonl, with a record of each teacher: its weights' digest, val
+curve and dump time) and a later sitting takes up where the last one stopped. The LD runs read
+the teacher's store, which lives in OUT: --ld-only trains and dumps the teacher and runs the LD
+rows without the baselines, so that they fit in one sitting; the baselines need no teacher and
+can run in any. A sitting that finds every run recorded writes the section without the teacher.
+OUT is work_dirs/experiment_<family>; the family's own section of docs/results.md
 ("## Table 5 on shapes: <Family>", placed in the order of FAMILIES) and its entry under
 "families" in docs/results.json are replaced, the rest of both files kept.
 
     python bench/ld_experiment.py --family retina --seeds 0 --baseline-only   # the schedule
-    python bench/ld_experiment.py --family retina --select-seeds 1
+    python bench/ld_experiment.py --family retina --select-seeds 1 --ld-only  # teacher and LD rows
+    python bench/ld_experiment.py --family retina --select-seeds 1            # the rest; the section
 """
 from __future__ import annotations
 
@@ -121,7 +130,8 @@ GFL = Family("gfl", "GFL", BASELINE, CACHED, TEACHER, defaults={
 FAMILIES = {name: Family(name, title, TINY / f"{name}_dist_tiny.py", TINY / f"ld_{name}_dist_tiny_cached.py",
                          TINY / f"{name}_dist_tiny.py", {"model.backbone.depth": 34},
                          {"seeds": [0, 1, 2], "teacher_epochs": 72, "teacher_val_interval": 6, "student_epochs": 48,
-                          "lr_drops": FAMILY_DROPS, "out": REPO / f"work_dirs/experiment_{name}"})
+                          "lr_drops": FAMILY_DROPS, "out": REPO / f"work_dirs/experiment_{name}",
+                          "records": REPO / f"bench/records/table5_{name}.jsonl"})
             for name, title in (("retina", "RetinaNet"), ("fcos", "FCOS"), ("atss", "ATSS"), ("gflv2", "GFLv2"))}
 
 
@@ -247,6 +257,7 @@ def train_one(job: dict) -> dict:
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     record = {"row": row, "seed": job["seed"], "epochs": epochs, "lr_drops": job["lr_drops"],
               **({} if row == "baseline" else {"teacher_epochs": job["teacher_epochs"]}),
+              **({"teacher_sha256": job["teacher_sha256"]} if row != "baseline" and job["teacher_sha256"] else {}),
               "train_seconds": round(seconds, 1),
               "train_cpu_seconds": round(cpu, 1), "ld_main_weight_mean": logged_mean(work, "ld_main_weight_mean"),
               "val_curve": val_curve(work)}
@@ -267,12 +278,35 @@ class Inputs:
 
 class Experiment:
     """The runs of one family's experiment: each (row, seed) once at --student-epochs, recorded in
-    OUT/runs.jsonl. `options(row)` gives an LD row's config options."""
+    --records with the teachers they learn from. `options(row)` gives an LD row's config options;
+    `teacher` is the digest of the teacher's weights that LD rows must have learnt from (None: any
+    teacher of --teacher-epochs)."""
 
     def __init__(self, args, family: Family, inputs: Inputs, options: Callable[[str], dict]):
         self.args, self.family, self.inputs, self.options = args, family, inputs, options
-        self.log = args.out / "runs.jsonl"
-        self.records = [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
+        self.teacher: str | None = None
+        self.log = args.records
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        records = [json.loads(line) for line in lines]
+        self.records = [r for r in records if r["row"] != "teacher"]
+        self.teachers = [r for r in records if r["row"] == "teacher"]
+
+    def _append(self, record: dict) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def recorded_teacher(self) -> dict | None:
+        """The newest teacher record at --teacher-epochs, if any."""
+        mine = [t for t in self.teachers if t["teacher_epochs"] == self.args.teacher_epochs]
+        return mine[-1] if mine else None
+
+    def record_teacher(self, teacher: dict) -> None:
+        """Record a teacher (once per weights digest) and make it the one LD rows must come from."""
+        if all(t["weights_sha256"] != teacher["weights_sha256"] for t in self.teachers):
+            self.teachers.append(teacher)
+            self._append(teacher)
+        self.teacher = teacher["weights_sha256"]
 
     def runs(self, row: str, seeds: list[int] | None = None) -> list[dict]:
         """The records of a row at this schedule (epochs and LR drops) and, but for the baseline,
@@ -283,7 +317,8 @@ class Experiment:
         return [r for r in self.records if r["row"] == row and r["seed"] in (seeds or args.seeds)
                 and r.get("epochs", args.student_epochs) == args.student_epochs
                 and r.get("lr_drops", DEFAULT_DROPS) == args.lr_drops
-                and (row == "baseline" or r.get("teacher_epochs", args.teacher_epochs) == args.teacher_epochs)]
+                and (row == "baseline" or (r.get("teacher_epochs", args.teacher_epochs) == args.teacher_epochs
+                                           and r.get("teacher_sha256", self.teacher) == self.teacher))]
 
     def rows(self) -> list[str]:
         """The rows with runs at this schedule and these seeds, in the order they were first run."""
@@ -295,15 +330,14 @@ class Experiment:
         with ThreadPoolExecutor(self.args.jobs) as pool:
             for record in pool.map(lambda job: self._subprocess(*job), todo):
                 self.records.append(record)
-                with open(self.log, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                self._append(record)
                 print(json.dumps(record), flush=True)
 
     def _subprocess(self, row: str, seed: int) -> dict:
         work = self.args.out / "".join(c if c.isalnum() else "_" for c in row) / f"seed{seed}"
         plain = row == "baseline"
         job = {"row": row, "seed": seed, "epochs": self.args.student_epochs, "lr_drops": self.args.lr_drops,
-               "teacher_epochs": self.args.teacher_epochs,
+               "teacher_epochs": self.args.teacher_epochs, "teacher_sha256": self.teacher,
                "train_images": self.args.train,
                "val_interval": self.args.student_val_interval, "root": str(self.inputs.root),
                "config": str(self.family.plain if plain else self.family.cached),
@@ -335,9 +369,23 @@ def shapes_root(args) -> Path:
     return root
 
 
+def weights_sha256(checkpoint: Path) -> str:
+    """A digest of a checkpoint's weights (names, dtypes, shapes, values), not of its file, whose
+    metadata differs between two trainings that reach the same weights (it holds the run's name)."""
+    import hashlib
+
+    from ldcache.checkpoint_trust import load_checkpoint_file
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_checkpoint_file(checkpoint, map_location="cpu")["state_dict"].items()):
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def teacher_and_store(args, family: Family, root: Path) -> tuple[Inputs, dict]:
     """The family's teacher trained on train, and its dump: each done once and reused. Returns them
-    and their facts for the results."""
+    and the teacher's record: its epochs, weights digest, metrics, val curve and dump time."""
     from ldcache.demo.run import run_once, train_and_test
     from ldcache.dump.run import DumpOptions, run_dump
     from ldcache.domain.views import parse_views
@@ -355,9 +403,9 @@ def teacher_and_store(args, family: Family, root: Path) -> tuple[Inputs, dict]:
         family.teacher, checkpoint, root / "annotations/instances_train.json", root / "images/train", store,
         parse_views([(320, 320)], flip=True), workers=0, resume=store.exists(),
         cfg_options=family.teacher_options or None)).to_dict())
-    facts = {"argv": " ".join(sys.argv[1:]), "teacher": teacher, "teacher_curve": val_curve(args.out / name),
-             "dump_seconds": dump_info["seconds"]}
-    return Inputs(root, store, checkpoint), facts
+    record = {"row": "teacher", "teacher_epochs": args.teacher_epochs, "weights_sha256": weights_sha256(checkpoint),
+              "teacher": teacher, "teacher_curve": val_curve(args.out / name), "dump_seconds": dump_info["seconds"]}
+    return Inputs(root, store, checkpoint), record
 
 
 def run_experiment(args) -> None:
@@ -373,7 +421,8 @@ def run_gfl(args, root: Path) -> None:
     """The GFL rows of the module docstring, each choice on val, then the tables."""
     from ld_calibration import weight_sum_weights
 
-    inputs, setup = teacher_and_store(args, GFL, root)
+    inputs, teacher = teacher_and_store(args, GFL, root)
+    setup = {"argv": " ".join(sys.argv[1:]), **teacher}
     weights: dict = {}  # 'weight_sum' loss weights, once the students' confidence is known
     head = HeadLosses.of(GFL.cached)
     exp = Experiment(args, GFL, inputs, lambda row: row_options(row, weights, head))
@@ -397,26 +446,47 @@ def run_gfl(args, root: Path) -> None:
 
 def run_family(args, family: Family, root: Path) -> None:
     """A family's Table 5: the baseline first (its convergence printed; the teacher is not needed
-    yet), the LD recipe chosen on val, then both on every seed; its section of --results."""
+    yet), the LD recipe chosen on val, then both on every seed; its section of --results once
+    every run is recorded. With --ld-only, the teacher and the LD rows only."""
     head = HeadLosses.of(family.cached)
     exp = Experiment(args, family, Inputs(root), lambda row: family_row_options(row, head))
     select = args.seeds[:args.select_seeds]
-    exp.run(["baseline"], select)
-    schedule = convergence(exp)
-    print(convergence_text(schedule), flush=True)
-    if args.baseline_only:
-        return
-    if args.stop_unconverged and not schedule["converged"]:
-        print(f"--stop-unconverged: {family.name}'s baseline has not converged at this schedule; no teacher or LD "
-              "run started. Choose --student-epochs and --lr-drops with --baseline-only", flush=True)
-        sys.exit(3)
-    exp.inputs, setup = teacher_and_store(args, family, root)
+    if not args.ld_only:
+        exp.run(["baseline"], select)
+        schedule = convergence(exp)
+        print(convergence_text(schedule), flush=True)
+        if args.baseline_only:
+            return
+        if args.stop_unconverged and not schedule["converged"]:
+            print(f"--stop-unconverged: {family.name}'s baseline has not converged at this schedule; no teacher or "
+                  "LD run started. Choose --student-epochs and --lr-drops with --baseline-only", flush=True)
+            sys.exit(3)
+    teacher = exp.recorded_teacher()
+    if teacher:
+        exp.teacher = teacher["weights_sha256"]
+    if not (teacher and ld_rows_done(exp, select)):  # the LD runs need the teacher's store
+        exp.inputs, teacher = teacher_and_store(args, family, root)
+        exp.record_teacher(teacher)
     exp.run(list(FAMILY_LD_ROWS), select)
     chosen = exp.best(list(FAMILY_LD_ROWS), select)
-    exp.run(["baseline", chosen])
-    setup.update({"chosen": chosen, "select": select, "losses": head.built(),
-                  "selection": {row: exp.mean(row, seeds=select) for row in ("baseline", *FAMILY_LD_ROWS)}})
+    exp.run([chosen])
+    if not args.ld_only:
+        exp.run(["baseline"])
+    if len(exp.runs("baseline")) < len(args.seeds):
+        print(f"{family.name}: LD rows done; the section is written once the baselines of seeds {args.seeds} are "
+              "recorded (run without --ld-only)", flush=True)
+        return
+    setup = {"argv": " ".join(sys.argv[1:]), **teacher, "chosen": chosen, "select": select, "losses": head.built(),
+             "selection": {row: exp.mean(row, seeds=select) for row in ("baseline", *FAMILY_LD_ROWS)}}
     print(write_family_results(exp, setup, args.results))
+
+
+def ld_rows_done(exp: Experiment, select: list[int]) -> bool:
+    """Whether the LD rows are recorded (for exp.teacher): both on the select seeds, and the better
+    of them on every seed."""
+    if any(len(exp.runs(row, select)) < len(select) for row in FAMILY_LD_ROWS):
+        return False
+    return len(exp.runs(exp.best(list(FAMILY_LD_ROWS), select))) == len(exp.args.seeds)
 
 
 def paired(exp: Experiment, row: str, key: str = "test_bbox_mAP") -> list[float]:
@@ -634,6 +704,7 @@ def family_summary(exp: Experiment, setup: dict) -> dict:
             "selection_val_ap": {row: round(ap, 4) for row, ap in setup["selection"].items()},
             "official_loss_weights": {name: cfg["loss_weight"] for name, cfg in setup["losses"].items()},
             "teacher_epochs": exp.args.teacher_epochs, "teacher_val_ap": setup["teacher"].get("bbox_mAP"),
+            "teacher_weights_sha256": setup["weights_sha256"],
             "dump_seconds": setup["dump_seconds"], "convergence": convergence(exp)}
 
 
@@ -684,20 +755,32 @@ def parse_args() -> argparse.Namespace:
                         help="with --family: stop after the baseline's --select-seeds runs (exit status 3) when "
                         "its schedule has not converged, before the teacher and LD runs it would waste; for "
                         "unattended runs of several families")
+    parser.add_argument("--ld-only", action="store_true",
+                        help="with --family: the teacher, its dump and the LD rows, no baseline run (the LD runs "
+                        "read the teacher's store in OUT, so they should share its sitting; the baselines can "
+                        "run in another)")
     parser.add_argument("--select-seeds", type=int, default=3, help="seeds the val choices are made on")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (on 2 cores one run of 2 threads is "
                         "faster than two of one)")
     parser.add_argument("--out", type=Path, help="default work_dirs/experiment; work_dirs/experiment_<family> "
                         "with --family")
+    parser.add_argument("--records", type=Path, help="the runs' records (JSON lines); default OUT/runs.jsonl, "
+                        "bench/records/table5_<family>.jsonl with --family (kept in the repository: a family's "
+                        "experiment takes more than one sitting)")
     parser.add_argument("--results", type=Path, default=REPO / "docs/results.md")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ld_only and args.baseline_only:
+        parser.error("--ld-only and --baseline-only exclude each other: the first runs no baseline, the second "
+                     "nothing else")
     if args.select_seeds < 1:  # an empty selection would read as "every seed" below
         parser.error("--select-seeds takes a count of seeds, 1 or more")
     family = FAMILIES.get(args.family, GFL)
     for name, value in {"lr_drops": DEFAULT_DROPS, **family.defaults}.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.records is None:
+        args.records = args.out / "runs.jsonl"
     if args.student_val_interval is None:
         args.student_val_interval = max(1, args.student_epochs // 6) if args.family else args.student_epochs + 1
     return args

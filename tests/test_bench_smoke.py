@@ -39,6 +39,7 @@ def test_ld_experiment_stops_a_family_whose_baseline_has_not_converged(tmp_path)
     (out / "runs.jsonl").write_text(json.dumps(baseline) + "\n")
     result = subprocess.run([sys.executable, str(REPO / "bench/ld_experiment.py"), "--family", "fcos", "--seeds", "0",
                              "--select-seeds", "1", "--student-epochs", "6", "--stop-unconverged", "--out", str(out),
+                             "--records", str(out / "runs.jsonl"),
                              "--results", str(tmp_path / "results.md"), "--train", "8", "--val", "4", "--test", "4"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 3, result.stderr[-3000:]
@@ -57,10 +58,26 @@ def _ld_experiment():
     return module
 
 
+TEACHER = {"row": "teacher", "teacher_epochs": 72, "weights_sha256": "a" * 64, "teacher": {"bbox_mAP": 0.8},
+           "teacher_curve": [[36, 0.8]], "dump_seconds": 60.0}
+
+
 def _run(row, seed, val, test):
     return {"row": row, "seed": seed, "epochs": 48, "lr_drops": [[1, 2], [5, 6]], "train_seconds": 1300.0,
             "train_cpu_seconds": 2600.0, "val_curve": [[16, 0.5], [24, 0.68], [32, val - 0.004], [48, val]],
-            "val_bbox_mAP": val, "test_bbox_mAP": test, "test_bbox_mAP_50": 0.9, "test_bbox_mAP_75": 0.8}
+            "val_bbox_mAP": val, "test_bbox_mAP": test, "test_bbox_mAP_50": 0.9, "test_bbox_mAP_75": 0.8,
+            **({} if row == "baseline" else {"teacher_epochs": 72, "teacher_sha256": "a" * 64})}
+
+
+def _family_records(path):
+    """A RetinaNet experiment's records, every run done: its teacher, 3 baselines, the LD rows (the
+    chosen one on 3 seeds) and two runs of other teachers, which must not count."""
+    runs = [TEACHER, *[_run("baseline", s, 0.74, t) for s, t in ((0, 0.713), (1, 0.70), (2, 0.72))]]
+    runs += [_run("ld@official", 0, 0.70, 0.69), *[_run("ld@official/10", s, 0.76, t)
+                                                   for s, t in ((0, 0.73), (1, 0.71), (2, 0.735))]]
+    runs.append({**_run("ld@official", 1, 0.9, 0.9), "teacher_epochs": 36})
+    runs.append({**_run("ld@official", 1, 0.9, 0.9), "teacher_sha256": "b" * 64})
+    path.write_text("".join(json.dumps(r) + "\n" for r in runs))
 
 
 def test_a_familys_table_5_section_states_its_schedule_and_paired_results(tmp_path, monkeypatch):
@@ -69,19 +86,16 @@ def test_a_familys_table_5_section_states_its_schedule_and_paired_results(tmp_pa
     out, results = tmp_path / "experiment_retina", tmp_path / "results.md"
     out.mkdir()
     results.write_text("# Results\n\n## The GFL experiment\n\nkept as it is\n")
-    runs = [_run("baseline", s, 0.74, t) for s, t in ((0, 0.713), (1, 0.70), (2, 0.72))]
-    runs += [_run("ld@official", 0, 0.70, 0.69), *[_run("ld@official/10", s, 0.76, t)
-                                                   for s, t in ((0, 0.73), (1, 0.71), (2, 0.735))]]
-    runs.append({**_run("ld@official", 1, 0.9, 0.9), "teacher_epochs": 36})  # another teacher's: not counted
-    (out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    _family_records(out / "runs.jsonl")
     monkeypatch.setattr(sys, "argv", ["ld_experiment.py", "--family", "retina", "--select-seeds", "1",
-                                      "--out", str(out), "--results", str(results)])
+                                      "--out", str(out), "--records", str(out / "runs.jsonl"),
+                                      "--results", str(results)])
     args = bench.parse_args()
     assert (args.student_epochs, args.lr_drops, args.teacher_epochs) == (48, [[1, 2], [5, 6]], 72), "the defaults"
     family = bench.FAMILIES["retina"]
     exp = bench.Experiment(args, family, bench.Inputs(tmp_path), lambda row: {})
-    setup = {"argv": " ".join(sys.argv[1:]), "teacher": {"bbox_mAP": 0.8}, "teacher_curve": [[36, 0.8]],
-             "dump_seconds": 60.0, "chosen": "ld@official/10", "select": [0],
+    exp.teacher = exp.recorded_teacher()["weights_sha256"]
+    setup = {"argv": " ".join(sys.argv[1:]), **TEACHER, "chosen": "ld@official/10", "select": [0],
              "losses": bench.HeadLosses.of(family.cached).built(),
              "selection": {row: exp.mean(row, seeds=[0]) for row in ("baseline", *bench.FAMILY_LD_ROWS)}}
     section = bench.write_family_results(exp, setup, results)
@@ -96,4 +110,36 @@ def test_a_familys_table_5_section_states_its_schedule_and_paired_results(tmp_pa
     assert "kept as it is" in text and text.index("## The GFL experiment") < text.index("## Table 5 on shapes")
     summary = json.loads(results.with_suffix(".json").read_text())["families"]["retina"]
     assert summary["per_seed"] == [0.017, 0.01, 0.015] and summary["selection_seeds"] == [0]
-    assert summary["convergence"]["converged"] is True
+    assert summary["convergence"]["converged"] is True and summary["teacher_weights_sha256"] == "a" * 64
+
+
+def test_a_family_whose_runs_are_all_recorded_is_written_without_its_teacher(tmp_path):
+    """A later sitting (work_dirs/ gone) finds every run in the records: it writes the family's
+    section from them, and trains, dumps and runs nothing."""
+    out, records, results = tmp_path / "experiment", tmp_path / "table5_retina.jsonl", tmp_path / "results.md"
+    _family_records(records)
+    result = subprocess.run([sys.executable, str(REPO / "bench/ld_experiment.py"), "--family", "retina",
+                             "--select-seeds", "1", "--out", str(out), "--records", str(records),
+                             "--results", str(results), "--train", "8", "--val", "4", "--test", "4"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [], "nothing trained or dumped"
+    said = " ".join(results.read_text().split())
+    assert "## Table 5 on shapes: RetinaNet" in said and "| ld@official/10 | 3 |" in said
+    assert "Teacher val AP 0.800" in said and "| ld@official | 1 |" in said, "the other teachers' runs left out"
+
+
+def test_a_teachers_digest_is_of_its_weights_not_its_file(tmp_path):
+    """Two checkpoints of the same weights with different metadata share the digest that keys the
+    LD runs to their teacher; another weight changes it."""
+    import torch
+
+    bench = _ld_experiment()
+    weights = {"conv.weight": torch.arange(6.0).reshape(2, 3), "conv.bias": torch.zeros(2)}
+    paths = [tmp_path / f"{name}.pth" for name in ("a", "b", "c")]
+    torch.save({"state_dict": weights, "meta": {"experiment_name": "run_1"}}, paths[0])
+    torch.save({"state_dict": dict(weights), "meta": {"experiment_name": "run_2"}}, paths[1])
+    torch.save({"state_dict": {**weights, "conv.bias": torch.tensor([0.0, 1e-6])}, "meta": {}}, paths[2])
+    digests = [bench.weights_sha256(path) for path in paths]
+    assert paths[0].read_bytes() != paths[1].read_bytes()
+    assert digests[0] == digests[1] != digests[2]
