@@ -374,7 +374,7 @@ def main() -> None:
     parser.add_argument("--scale", default="1333x800")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
-                        help="dump options to measure (default: all; with --family all but dense); "
+                        help="dump options to measure (default: all; with --family: " + " ".join(FAMILY_VARIANTS) + "); "
                              "'default' is always measured (the overhead uses it)")
     parser.add_argument("--family", nargs="+", choices=[*FAMILIES, "all"], default=None,
                         help="measure the size figure alone for these head families' COCO teachers "

@@ -24,8 +24,8 @@ main_ld_vlr@per_image runs. Each row's LD and KD terms start from the head class
 is made on the first --select-seeds seeds; the rows chosen (and the baseline) then get every
 seed, and the online row every seed. Runs are separate processes, --jobs at a time, each with
 torch threads = 2 / jobs; finished runs (--records, keyed by row, seed, --student-epochs,
---lr-drops and, for LD rows, the teacher: its --teacher-epochs and the digest of its weights;
-each teacher is trained and dumped in its own folder) are not redone, so an interrupted
+--lr-drops and, for LD rows, the teacher: the digest of its weights; each teacher is trained
+and dumped in its own folder, named by its epochs) are not redone, so an interrupted
 experiment resumes.
 The tables go to docs/results.md (with a summary in docs/results.json, which the demo quotes);
 every '## ' section under them (the analysis, the families' tables) is kept.
@@ -256,8 +256,8 @@ def train_one(job: dict) -> dict:
     runner.train()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     record = {"row": row, "seed": job["seed"], "epochs": epochs, "lr_drops": job["lr_drops"],
-              **({} if row == "baseline" else {"teacher_epochs": job["teacher_epochs"]}),
-              **({"teacher_sha256": job["teacher_sha256"]} if row != "baseline" and job["teacher_sha256"] else {}),
+              **({} if row == "baseline" else {"teacher_epochs": job["teacher_epochs"],
+                                               "teacher_sha256": job["teacher_sha256"]}),
               "train_seconds": round(seconds, 1),
               "train_cpu_seconds": round(cpu, 1), "ld_main_weight_mean": logged_mean(work, "ld_main_weight_mean"),
               "val_curve": val_curve(work)}
@@ -279,8 +279,8 @@ class Inputs:
 class Experiment:
     """The runs of one family's experiment: each (row, seed) once at --student-epochs, recorded in
     --records with the teachers they learn from. `options(row)` gives an LD row's config options;
-    `teacher` is the digest of the teacher's weights that LD rows must have learnt from (None: any
-    teacher of --teacher-epochs)."""
+    `teacher` is the digest of the weights of the teacher that LD rows must have learnt from
+    (None until it is known)."""
 
     def __init__(self, args, family: Family, inputs: Inputs, options: Callable[[str], dict]):
         self.args, self.family, self.inputs, self.options = args, family, inputs, options
@@ -310,15 +310,14 @@ class Experiment:
 
     def runs(self, row: str, seeds: list[int] | None = None) -> list[dict]:
         """The records of a row at this schedule (epochs and LR drops) and, but for the baseline,
-        this teacher (its epochs), for `seeds` (default: all). Records written before they carried
-        their epochs are taken to be at this schedule and teacher, and those without LR drops at the
-        default ones."""
+        from this teacher (the digest of its weights), for `seeds` (default: all). Records written
+        before they carried their epochs are taken to be at this schedule, and those without LR drops
+        at the default ones."""
         args = self.args
         return [r for r in self.records if r["row"] == row and r["seed"] in (seeds or args.seeds)
                 and r.get("epochs", args.student_epochs) == args.student_epochs
                 and r.get("lr_drops", DEFAULT_DROPS) == args.lr_drops
-                and (row == "baseline" or (r.get("teacher_epochs", args.teacher_epochs) == args.teacher_epochs
-                                           and r.get("teacher_sha256", self.teacher) == self.teacher))]
+                and (row == "baseline" or r.get("teacher_sha256") == self.teacher)]
 
     def rows(self) -> list[str]:
         """The rows with runs at this schedule and these seeds, in the order they were first run."""
@@ -426,6 +425,7 @@ def run_gfl(args, root: Path) -> None:
     weights: dict = {}  # 'weight_sum' loss weights, once the students' confidence is known
     head = HeadLosses.of(GFL.cached)
     exp = Experiment(args, GFL, inputs, lambda row: row_options(row, weights, head))
+    exp.record_teacher(teacher)
     # Choices are made on the val AP of the first --select-seeds seeds; the rows chosen then get every seed.
     select = args.seeds[:args.select_seeds]
     exp.run(["baseline", "main_ld_vlr@per_image"], select)
@@ -458,8 +458,10 @@ def run_family(args, family: Family, root: Path) -> None:
         if args.baseline_only:
             return
         if args.stop_unconverged and not schedule["converged"]:
-            print(f"--stop-unconverged: {family.name}'s baseline has not converged at this schedule; no teacher or "
-                  "LD run started. Choose --student-epochs and --lr-drops with --baseline-only", flush=True)
+            why = ("has not converged at this schedule" if schedule["converged"] is False else
+                   "has no validation early enough to tell whether it converged (see --student-val-interval)")
+            print(f"--stop-unconverged: {family.name}'s baseline {why}; no teacher or LD run started. Choose "
+                  "--student-epochs and --lr-drops with --baseline-only", flush=True)
             sys.exit(3)
     teacher = exp.recorded_teacher()
     if teacher:
@@ -625,7 +627,8 @@ def convergence_text(c: dict) -> str:
         return text + (f" Convergence not measured: no validation at or before epoch {2 * c['epochs'] // 3} "
                        "(2/3 of training; see --student-val-interval).")
     verdict_word = (f"converged (under {CONVERGED_GAIN})" if c["converged"]
-                    else f"NOT converged ({CONVERGED_GAIN} or more: lengthen --student-epochs)")
+                    else f"NOT converged ({CONVERGED_GAIN} or more: lengthen --student-epochs, or drop the LR "
+                         "earlier with --lr-drops)")
     return text + (f" Gain over the last third of training (epoch {c['from_epoch']} to {c['epochs']}): "
                    f"{c['mean_gain']:+.3f} (per seed {' '.join(f'{g:+.3f}' for g in c['gains'])}): {verdict_word}.")
 

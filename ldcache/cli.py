@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import sys
 import warnings
@@ -16,6 +17,11 @@ from .demo.run import STUDENT_EPOCHS, TEACHER_EPOCHS
 from .errors import LDCacheError
 
 
+# A config key and its '=': a following argument such as a checkpoint path with '=' in a folder
+# name ends the pairs.
+CFG_PAIR = re.compile(r"[A-Za-z_][\w.]*=")
+
+
 def mmdet_cfg_options(argv: list[str]) -> list[str]:
     """`argv` with mmdet's ``--cfg-options k1=v1 k2=v2`` (several pairs after one flag, as its
     tools take them) spelled as the app's options take them: one pair per ``--cfg-options``."""
@@ -24,7 +30,7 @@ def mmdet_cfg_options(argv: list[str]) -> list[str]:
         if value_next:  # the flag's own value, whatever it is (the command checks it)
             spelled.append(token)
             value_next, pairs = False, True
-        elif pairs and "=" in token and not token.startswith("-"):
+        elif pairs and CFG_PAIR.match(token):
             spelled += ["--cfg-options", token]
         else:
             spelled.append(token)
@@ -131,6 +137,9 @@ def dump_teacher(
 
     if checkpoint and teacher_ckpt and checkpoint != teacher_ckpt:
         _fail(f"two checkpoints given: {checkpoint} and --teacher-ckpt {teacher_ckpt}; give one")
+    if region == "main" and vlr_metric:
+        _fail(f"--vlr-metric {' '.join(vlr_metric)} chooses the VLR rows to store, and --region main stores none: "
+              "drop --vlr-metric, or dump --region distill")
     try:
         request = DumpRequest(config, checkpoint or teacher_ckpt, _parse_cfg_options(cfg_options), ann_file, img_dir,
                               [_parse_scale(s) for s in scale] if scale else None, flip)

@@ -40,6 +40,8 @@ def test_cfg_options_take_mmdets_spelling_of_several_pairs_after_one_flag():
     assert mmdet_cfg_options(["x", "--cfg-options=a=1", "b=2", "ckpt.pth"]) == [
         "x", "--cfg-options=a=1", "--cfg-options", "b=2", "ckpt.pth"]
     assert mmdet_cfg_options(["x", "--out", "a=b.zarr"]) == ["x", "--out", "a=b.zarr"], "only after --cfg-options"
+    assert mmdet_cfg_options(["x", "--cfg-options", "a=1", "runs/lr=0.01/epoch_12.pth"]) == [
+        "x", "--cfg-options", "a=1", "runs/lr=0.01/epoch_12.pth"], "a path with '=' is no pair"
     # Through the app: the second pair is an option, not an extra argument.
     result = runner.invoke(app, ["train-teacher", str(CONFIGS / "tiny/ld_r18_tiny_mmdet.py"), "--cfg-options",
                                  "train_cfg.max_epochs=1", "train_dataloader.batch_size=2"])

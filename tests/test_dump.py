@@ -275,6 +275,12 @@ def test_bad_inputs_give_one_line_errors(shapes_root, random_teacher, tmp_path):
                       + _dump_args(shapes_root, random_teacher, tmp_path / "s3")[2:])
     assert result.returncode == 2 and "does not exist" in result.stderr
 
+    result = _run_cli(_dump_args(shapes_root, random_teacher, tmp_path / "s4") + ["--region", "main",
+                                                                                   "--vlr-metric", "diou"])
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "--region main stores none" in said and "Traceback" not in said
+    assert not (tmp_path / "s4").exists()
+
 
 def _coco_corner_cases(ann):
     """Image 0 loses its boxes, image 1 keeps only a crowd box, image 2 only a box under 1 px, image 3

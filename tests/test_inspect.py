@@ -108,6 +108,17 @@ def test_a_main_only_store_shows_no_vlr_and_says_where_its_rows_are(main_store, 
     for args in ((), ("--stats",)):
         text = _inspect(main_store, *args).stdout
         assert "per level" in text and "VLR" not in text.split("per level")[1], args
+        assert ("main (no VLR rows)" in text) == (args == ()), "the summary has no gamma to show"
+    # The store's first row (a Main row of record 0: image 0, first view) has no VLR data to show.
+    group, ptr, masks, _, _ = _all_rows(main_store)
+    level = int(np.flatnonzero(ptr[0, 1:] > 0)[0])
+    stride = 8 * 2 ** level
+    grid_w = int(np.ceil(group["pad_shape"][0][1] / stride))
+    at = f"{(int(masks[0]['loc']) % grid_w) * stride},{(int(masks[0]['loc']) // grid_w) * stride}"
+    result = _inspect(main_store, "--image", int(group["image_ids"][0]), "--level", level, "--at", at, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    location = json.loads(result.stdout)["location"]
+    assert location["regions"] == ["main"] and location["vlr_ratio"] is None and location["vlr_weight"] is None
     # A location the distill store keeps for its VLR alone is not in the Main-only store.
     group, ptr, masks, _, _ = _all_rows(shapes_store)
     record = 2 * 2

@@ -181,6 +181,18 @@ def test_a_fetched_checkpoint_is_kept_only_when_its_sha256_matches_its_name(tmp_
     assert not list((tmp_path / "torch").rglob("teacher-00000000.pth"))
 
 
+def test_a_checkpoint_cache_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypatch):
+    """A hub cache where the download cannot go (here a file stands where its folder should be)
+    says where and how to fix it, before any request."""
+    from ldcache.domain.ld_config import fetched_checkpoint
+    from ldcache.errors import BadInputError
+
+    (tmp_path / "torch").write_text("not a folder")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(BadInputError, match="cannot download the teacher checkpoint .* set TORCH_HOME"):
+        fetched_checkpoint("http://127.0.0.1:9/teacher.pth")
+
+
 def test_ranks_fetching_one_checkpoint_url_download_it_once(tmp_path, monkeypatch):
     """torchrun ranks resolve a URL checkpoint at once: one download, every rank gets the file."""
     import http.server

@@ -113,10 +113,18 @@ def fetched_checkpoint(url: str) -> Path:
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock"):
+    try:  # a read-only hub cache, or a filesystem without locks
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{path}.lock")
+        lock.acquire()
+    except OSError as err:
+        raise BadInputError(f"cannot download the teacher checkpoint {url} into {path.parent} ({err}): set "
+                            "TORCH_HOME to a writable folder, or download it and give --teacher-ckpt PATH") from None
+    try:
         if not path.is_file():
             _download(url, path)
+    finally:
+        lock.release()
     return path
 
 

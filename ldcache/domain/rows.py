@@ -16,6 +16,12 @@ from .region_rule import RegionRule, atss_rule
 # A dump sees few distinct pad shapes, and both views of an image share one. At module level
 # (lru_cache is thread-safe), not on the maker: dask's local threads share one maker, and
 # dask.distributed pickles it to its workers.
+def stored_vlr_metrics(region: str, requested: tuple[str, ...]) -> tuple[str, ...]:
+    """The VLR metrics whose rows and data a store of this region mode holds, in VLR_METRICS order:
+    none for 'main', which keeps the Main rows only."""
+    return () if region == "main" else tuple(m for m in VLR_METRICS if m in requested)
+
+
 @lru_cache(maxsize=16)
 def _grid_anchors(generator, sizes: tuple[tuple[int, int], ...]) -> tuple[torch.Tensor, tuple[int, ...]]:
     per_level = generator.grid_priors(list(sizes), device="cpu")
@@ -39,9 +45,8 @@ class RegionRowMaker:
         self.region, self.gamma = region, gamma
         self.rule = rule or atss_rule()
         self.priors_per_location = int(prior_generator.num_base_priors[0])
-        # A metric left out gets no flag, ratio or weight: its VLR is simply not in the store
-        # (region 'main' leaves out every metric, so that only the Main rows are kept).
-        vlr_metrics = () if region == "main" else vlr_metrics
+        # A metric left out gets no flag, ratio or weight: its VLR is simply not in the store.
+        vlr_metrics = stored_vlr_metrics(region, vlr_metrics)
         self.metric_on = np.array([m in vlr_metrics for m in VLR_METRICS])
         self.metric_flags = np.array([REGION_FLAGS[f"vlr_{m}"] * (m in vlr_metrics) for m in VLR_METRICS], np.uint8)
 

@@ -26,7 +26,7 @@ from ..digest import file_sha256
 from ..domain.classes import teacher_classes_problem
 from ..domain.grid import featmap_sizes
 from ..domain.head import head_mismatch
-from ..domain.rows import RegionRowMaker
+from ..domain.rows import RegionRowMaker, stored_vlr_metrics
 from ..domain.ld_config import load_config, train_classes
 from ..domain.region_rule import RegionRule, region_rule
 from ..domain.teacher import build_teacher
@@ -105,11 +105,12 @@ def _input_hashes(opts: DumpOptions) -> dict:
 
 def _fingerprint(opts: DumpOptions, hashes: dict, rule: RegionRule) -> str:
     """What makes two dumps write the same arrays: the inputs and every option that changes a value."""
+    # The VLR options change nothing where no VLR row is stored (--region main).
+    vlr = dict(gamma=opts.gamma, vlr_metrics=list(opts.vlr_metrics),
+               vlr_class_logits=opts.vlr_class_logits) if stored_vlr_metrics(opts.region, opts.vlr_metrics) else {}
     keys = dict(teacher=hashes["checkpoint"], config=hashes["config"], ann=hashes["ann"],
                 img_dir=str(Path(opts.img_dir).resolve()), views=[asdict(v) for v in opts.views],
-                region=opts.region, gamma=opts.gamma, topk=rule.topk, main=rule.main, vlr=rule.vlr,
-                dtype=opts.dtype,
-                vlr_metrics=list(opts.vlr_metrics), vlr_class_logits=opts.vlr_class_logits,
+                region=opts.region, topk=rule.topk, main=rule.main, vlr=rule.vlr, dtype=opts.dtype, **vlr,
                 # GroupNorm in the head sees a batch's padding, so the batch size changes values.
                 batch_size=opts.batch_size, block_size=opts.block_size, chunk_rows=opts.chunk_rows)
     # Only when set, so that the dumps made before these options keep their fingerprints.
@@ -231,16 +232,11 @@ def _new_attrs(opts: DumpOptions, hashes: dict, scan: DatasetScan, geometry: Hea
         head=geometry, grid=GridAttrs(PAD_DIVISOR, FLIP_DIRECTIONS[0]),
         dataset=DatasetAttrs(str(opts.ann_file), hashes["ann"], str(opts.img_dir), tuple(scan.classes)),
         views=tuple(ViewAttrs(v.name, tuple(v.scale), v.flip) for v in opts.views),
-        region=RegionAttrs(opts.region, opts.gamma, rule.topk, _stored_metrics(opts),
+        region=RegionAttrs(opts.region, opts.gamma, rule.topk, stored_vlr_metrics(opts.region, opts.vlr_metrics),
                            rule.main, rule.vlr),
         values=ValuesAttrs(opts.dtype, opts.vlr_class_logits),
         # shard_rows is known once pass 1 has counted the rows; create_store sets it.
         layout=LayoutAttrs(opts.block_size, opts.chunk_rows, opts.chunk_rows, len(scan.images), len(opts.views)))
-
-
-def _stored_metrics(opts: DumpOptions) -> tuple[str, ...]:
-    """The VLR metrics whose rows and data the store holds: none with --region main."""
-    return () if opts.region == "main" else tuple(m for m in VLR_METRICS if m in opts.vlr_metrics)
 
 
 def _needs_regions_pass(opts: DumpOptions, attrs: StoreAttrs, ranks: Ranks) -> bool:

@@ -94,7 +94,7 @@ def kept_record_index(reader: StoreReader, progress: Callable[[int, int], None] 
     def compute() -> dict[str, np.ndarray]:
         return record_index(reader, progress)._asdict()
 
-    index = RecordIndex(**kept_arrays(str(reader.path), reader.attrs, "record_index", compute))
+    index = RecordIndex(**kept_arrays(str(reader.path), reader.attrs, "record_index", RecordIndex._fields, compute))
     if progress is not None:
         progress(reader.blocks.num_blocks, reader.blocks.num_blocks)
     return index

@@ -72,7 +72,8 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
         ("classes", listed_classes(summary["classes"])),
         ("images x views", f"{summary['images']} x {len(summary['views'])} ({', '.join(summary['views'])}) "
                            f"= {summary['image_views']}"),
-        ("region mode, gamma", f"{summary['region_mode']}, {summary['gamma']}"),
+        ("region mode, gamma", f"{summary['region_mode']}, {summary['gamma']}" if summary["vlr_metrics"]
+                               else f"{summary['region_mode']} (no VLR rows)"),
         ("bytes on disk", f"{summary['bytes_on_disk'] / 2**20:.2f} MiB "
                           f"({summary['bytes_per_image_view'] / 1024:.1f} KiB per image-view, "
                           f"{summary['compression_vs_dense_fp16']:.1f}x smaller than dense fp16)"),
@@ -266,18 +267,21 @@ def _regions(flags: int) -> list[str]:
     return [name for name, bit in REGION_FLAGS.items() if flags & bit]
 
 
-def _vlr_data(rows: LevelRows, row: int, vlr_rule: str) -> dict:
-    """A row's VLR ratio, weight and weight steps per metric; None for a rule without a metric
-    (inside_gt), whose stored ratio and weight of 1 are no IoU band."""
-    if vlr_rule == INSIDE_GT:
+def _vlr_data(rows: LevelRows, row: int, vlr_rule: str, metrics: tuple[str, ...]) -> dict:
+    """A row's VLR ratio, weight and weight steps per stored metric; None where none is stored
+    (a Main-only store) and for a rule without a metric (inside_gt), whose stored ratio and weight
+    of 1 are no IoU band."""
+    if vlr_rule == INSIDE_GT or not metrics:
         return {"vlr_rule": vlr_rule, "vlr_ratio": None, "vlr_weight": None, "vlr_weight_steps": None}
+    stored = [(m, VLR_METRICS.index(m)) for m in metrics]
+    # The weight at the store's gamma; at a raised gamma it is the largest step IoU whose ratio reaches it.
     return {
         "vlr_rule": vlr_rule,
-        "vlr_ratio": dict(zip(VLR_METRICS, rows.vlr_ratio[row].astype(float).tolist())),
-        # The weight at the store's gamma; at a raised gamma it is the largest step IoU whose ratio reaches it.
-        "vlr_weight": dict(zip(VLR_METRICS, rows.vlr_step_weight[row].max(axis=-1).astype(float).tolist())),
-        "vlr_weight_steps": {m: [[float(r), float(w)] for r, w in zip(*steps) if w > 0]
-                             for m, *steps in zip(VLR_METRICS, rows.vlr_step_ratio[row], rows.vlr_step_weight[row])},
+        "vlr_ratio": {m: float(rows.vlr_ratio[row, i]) for m, i in stored},
+        "vlr_weight": {m: float(rows.vlr_step_weight[row, i].max()) for m, i in stored},
+        "vlr_weight_steps": {m: [[float(r), float(w)] for r, w in zip(rows.vlr_step_ratio[row, i],
+                                                                       rows.vlr_step_weight[row, i]) if w > 0]
+                             for m, i in stored},
     }
 
 
@@ -305,7 +309,7 @@ def location_report(reader: StoreReader, record: int, targets: LDTargets, key: R
         "record": record, "level": key.level, "loc": key.loc, "prior": key.prior,
         "priors_per_location": reader.attrs.head.num_base_priors, "stride": stride, "grid_xy": [gx, gy],
         "image_xy": [_prior_point(gx, stride, offset), _prior_point(gy, stride, offset)], "tau": tau,
-        "regions": _regions(int(rows.flags[row])), **_vlr_data(rows, row, reader.attrs.region.vlr),
+        "regions": _regions(int(rows.flags[row])), **_vlr_data(rows, row, reader.attrs.region.vlr, reader.attrs.region.vlr_metrics),
         "edge_distributions": {e: probs[i].tolist() for i, e in enumerate(EDGES)},
         "edge_entropy": dict(zip(EDGES, edge_entropy(rows.reg[row], tau).tolist())),
         "top_classes": [{"class": classes[i], "logit": float(cls[i]), "score": float(1 / (1 + np.exp(-cls[i])))}

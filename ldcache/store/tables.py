@@ -16,7 +16,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -81,15 +81,18 @@ def _remove_other_completions(folder: Path, location: str) -> None:
             continue
 
 
-def kept_arrays(store: str, attrs: StoreAttrs, name: str,
+def kept_arrays(store: str, attrs: StoreAttrs, name: str, keys: Collection[str],
                 compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """{key: array} derived from one completion of a store (a full pass over its rows, say):
-    `compute()` once per machine, then read back from `name`.npz beside the store's tables (and
-    deleted with them). Computed afresh where the folder cannot be written."""
+    """{key: array} of `keys`, derived from one completion of a store (a full pass over its rows,
+    say): `compute()` once per machine, then read back from `name`.npz beside the store's tables
+    (and deleted with them). Computed afresh where the folder cannot be written, and where the kept
+    file has other keys (another version of ldcache wrote it); a change of what a key means needs a
+    new `name`."""
     path = tables_folder(store, attrs) / f"{name}.npz"
     if path.exists():
         with np.load(path) as kept:
-            return {key: kept[key] for key in kept.files}
+            if set(kept.files) == set(keys):
+                return {key: kept[key] for key in kept.files}
     values = compute()
     if path.parent.is_dir():
         try:

@@ -137,7 +137,7 @@ def _image_list_callbacks(app: Dash, session: StoreSession) -> None:
                     status = f"error: {progress.error}"
                 elif progress.result is None:
                     waiting = True
-                    status = (f"reading every row for '{SORTS[sort]}' (once per viewer): "
+                    status = (f"reading every row for '{SORTS[sort]}' (once per machine and store completion): "
                               f"{progress.done}/{progress.total or '?'} blocks; shown by id until then")
                 index = progress.result
             elif session.index_ready():
