@@ -467,8 +467,12 @@ def run_family(args, family: Family, root: Path) -> None:
     if teacher:
         exp.teacher = teacher["weights_sha256"]
     if not (teacher and ld_rows_done(exp, select)):  # the LD runs need the teacher's store
+        recorded = teacher
         exp.inputs, teacher = teacher_and_store(args, family, root)
         exp.record_teacher(teacher)
+        if recorded and recorded["weights_sha256"] != teacher["weights_sha256"]:
+            print(f"{family.name}: this teacher's weights differ from the recorded one's (another machine or "
+                  "library?): the LD runs of the recorded teacher are not counted, and run again", flush=True)
     exp.run(list(FAMILY_LD_ROWS), select)
     chosen = exp.best(list(FAMILY_LD_ROWS), select)
     exp.run([chosen])
