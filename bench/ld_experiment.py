@@ -24,7 +24,8 @@ main_ld_vlr@per_image runs. Each row's LD and KD terms start from the head class
 is made on the first --select-seeds seeds; the rows chosen (and the baseline) then get every
 seed, and the online row every seed. Runs are separate processes, --jobs at a time, each with
 torch threads = 2 / jobs; finished runs (--records, keyed by row, seed, --student-epochs,
---lr-drops and, for LD rows, the teacher: the digest of its weights; each teacher is trained
+--lr-drops, the dataset (the digest of its images and labels) and, for LD rows, the teacher: the
+digest of its weights; each teacher is trained
 and dumped in its own folder, named by its epochs) are not redone, so an interrupted
 experiment resumes.
 The tables go to docs/results.md (with a summary in docs/results.json, which the demo quotes);
@@ -283,18 +284,22 @@ class Experiment:
     (None until it is known)."""
 
     def __init__(self, args, family: Family, inputs: Inputs, options: Callable[[str], dict]):
+        from ldcache.demo.shapes import dataset_sha256
+
         self.args, self.family, self.inputs, self.options = args, family, inputs, options
         self.teacher: str | None = None
         self.log = args.records
+        # Only the records of this dataset (its images and labels) count: a run on other data is not comparable.
+        self.dataset = dataset_sha256(inputs.root)
         lines = self.log.read_text().splitlines() if self.log.exists() else []
-        records = [json.loads(line) for line in lines]
+        records = [r for r in map(json.loads, lines) if r.get("dataset_sha256") == self.dataset]
         self.records = [r for r in records if r["row"] != "teacher"]
         self.teachers = [r for r in records if r["row"] == "teacher"]
 
     def _append(self, record: dict) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({**record, "dataset_sha256": self.dataset}) + "\n")
 
     def recorded_teacher(self) -> dict | None:
         """The newest teacher record at --teacher-epochs, if any."""

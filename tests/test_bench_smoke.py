@@ -35,7 +35,8 @@ def test_ld_experiment_stops_a_family_whose_baseline_has_not_converged(tmp_path)
     out = tmp_path / "experiment"
     out.mkdir()
     baseline = {"row": "baseline", "seed": 0, "epochs": 6, "lr_drops": [[1, 2], [5, 6]],
-                "val_curve": [[2, 0.1], [4, 0.3], [6, 0.5]], "val_bbox_mAP": 0.5, "test_bbox_mAP": 0.45}
+                "val_curve": [[2, 0.1], [4, 0.3], [6, 0.5]], "val_bbox_mAP": 0.5, "test_bbox_mAP": 0.45,
+                "dataset_sha256": _small_dataset_sha256()}
     (out / "runs.jsonl").write_text(json.dumps(baseline) + "\n")
     result = subprocess.run([sys.executable, str(REPO / "bench/ld_experiment.py"), "--family", "fcos", "--seeds", "0",
                              "--select-seeds", "1", "--student-epochs", "6", "--stop-unconverged", "--out", str(out),
@@ -46,6 +47,13 @@ def test_ld_experiment_stops_a_family_whose_baseline_has_not_converged(tmp_path)
     said = " ".join(result.stdout.split())
     assert "+0.200" in said and "NOT converged" in said and "--stop-unconverged" in said
     assert sorted(p.name for p in out.iterdir()) == ["runs.jsonl"] and not (tmp_path / "results.md").exists()
+
+
+def _small_dataset_sha256():
+    """The digest of the dataset the bench runs below use (--train 8 --val 4 --test 4)."""
+    from ldcache.demo.shapes import ShapesSpec, dataset_sha256, ensure_shapes_dataset
+
+    return dataset_sha256(ensure_shapes_dataset(ShapesSpec(num_train=8, num_val=4, num_test=4, seed=100)))
 
 
 def _ld_experiment():
@@ -69,13 +77,16 @@ def _run(row, seed, val, test):
             **({} if row == "baseline" else {"teacher_epochs": 72, "teacher_sha256": "a" * 64})}
 
 
-def _family_records(path):
-    """A RetinaNet experiment's records, every run done: its teacher, 3 baselines, the LD rows (the
-    chosen one on 3 seeds) and a run of another teacher, which must not count."""
+def _family_records(path, dataset):
+    """A RetinaNet experiment's records on `dataset` (its digest), every run done: its teacher, 3
+    baselines, the LD rows (the chosen one on 3 seeds), and a run of another teacher and one on
+    other data, which must not count."""
     runs = [TEACHER, *[_run("baseline", s, 0.74, t) for s, t in ((0, 0.713), (1, 0.70), (2, 0.72))]]
     runs += [_run("ld@official", 0, 0.70, 0.69), *[_run("ld@official/10", s, 0.76, t)
                                                    for s, t in ((0, 0.73), (1, 0.71), (2, 0.735))]]
     runs.append({**_run("ld@official", 1, 0.9, 0.9), "teacher_sha256": "b" * 64})
+    runs = [{**r, "dataset_sha256": dataset} for r in runs]
+    runs.append({**_run("ld@official", 2, 0.9, 0.9), "dataset_sha256": "c" * 64})
     path.write_text("".join(json.dumps(r) + "\n" for r in runs))
 
 
@@ -85,7 +96,9 @@ def test_a_familys_table_5_section_states_its_schedule_and_paired_results(tmp_pa
     out, results = tmp_path / "experiment_retina", tmp_path / "results.md"
     out.mkdir()
     results.write_text("# Results\n\n## The GFL experiment\n\nkept as it is\n")
-    _family_records(out / "runs.jsonl")
+    from ldcache.demo.shapes import dataset_sha256
+
+    _family_records(out / "runs.jsonl", dataset_sha256(tmp_path))
     monkeypatch.setattr(sys, "argv", ["ld_experiment.py", "--family", "retina", "--select-seeds", "1",
                                       "--out", str(out), "--records", str(out / "runs.jsonl"),
                                       "--results", str(results)])
@@ -116,7 +129,7 @@ def test_a_family_whose_runs_are_all_recorded_is_written_without_its_teacher(tmp
     """A later sitting (work_dirs/ gone) finds every run in the records: it writes the family's
     section from them, and trains, dumps and runs nothing."""
     out, records, results = tmp_path / "experiment", tmp_path / "table5_retina.jsonl", tmp_path / "results.md"
-    _family_records(records)
+    _family_records(records, _small_dataset_sha256())
     result = subprocess.run([sys.executable, str(REPO / "bench/ld_experiment.py"), "--family", "retina",
                              "--select-seeds", "1", "--out", str(out), "--records", str(records),
                              "--results", str(results), "--train", "8", "--val", "4", "--test", "4"],
@@ -125,7 +138,7 @@ def test_a_family_whose_runs_are_all_recorded_is_written_without_its_teacher(tmp
     assert sorted(p.name for p in out.iterdir()) == [], "nothing trained or dumped"
     said = " ".join(results.read_text().split())
     assert "## Table 5 on shapes: RetinaNet" in said and "| ld@official/10 | 3 |" in said
-    assert "Teacher val AP 0.800" in said and "| ld@official | 1 |" in said, "the other teacher's run left out"
+    assert "Teacher val AP 0.800" in said and "| ld@official | 1 |" in said, "the other teacher's and data's runs left out"
 
 
 def test_a_teachers_digest_is_of_its_weights_not_its_file(tmp_path):
