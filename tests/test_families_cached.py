@@ -77,9 +77,14 @@ def test_cached_ld_equals_online_ld_on_a_batch(family):
     student, online = student_and_online_twin(cfg, family.teacher, family.checkpoint)
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     batch = student.data_preprocessor(pseudo_collate([dataset[0]]), True)
-    with torch.no_grad():
-        cached = student.loss(batch["inputs"], copy.deepcopy(batch["data_samples"]))
-        live = online.loss(batch["inputs"], copy.deepcopy(batch["data_samples"]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the dump ran the teacher: other thread counts round its logits otherwise
+    try:
+        with torch.no_grad():
+            cached = student.loss(batch["inputs"], copy.deepcopy(batch["data_samples"]))
+            live = online.loss(batch["inputs"], copy.deepcopy(batch["data_samples"]))
+    finally:
+        torch.set_num_threads(threads)
     # The family's own losses stay, and the LD terms are its official student's.
     assert family.own_losses | {"loss_ld", "loss_ld_vlr", "loss_kd"} <= set(cached)
     assert student.bbox_head.official_ld_avg == family.divisors
@@ -87,9 +92,9 @@ def test_cached_ld_equals_online_ld_on_a_batch(family):
     for term in ("loss_ld", "loss_ld_vlr", "loss_kd"):
         expected = float(sum(live[term]))
         assert expected > 0, term
-        # The dump ran the teacher on one thread, this process on several: its logits differ in the
-        # last bits. Random RetinaNet heads predict near-uniform 68-way distributions whose KL is
-        # about 2e-6, where those bits weigh 1e-4 of it, hence the absolute floor.
+        # Random RetinaNet heads predict near-uniform 68-way distributions whose KL is about 2e-6:
+        # there a teacher run on another thread count than the dump's moves it by 0.2%, hence one
+        # thread above, and the absolute floor for the last bits.
         assert float(sum(cached[term])) == pytest.approx(expected, rel=1e-5, abs=1e-9), term
 
 

@@ -1,6 +1,10 @@
 import json
+import subprocess
+import sys
 
-from ldcache.demo.shapes import CLASSES, ShapesSpec, ensure_shapes_dataset
+import numpy as np
+
+from ldcache.demo.shapes import CLASSES, ShapesSpec, dataset_sha256, ensure_shapes_dataset
 
 
 def test_mmdet_coco_dataset_loads_the_shapes_set(shapes_root):
@@ -37,3 +41,19 @@ def test_build_is_cached_and_rebuilt_when_incomplete(tmp_path):
     ensure_shapes_dataset(spec, root)
     assert (root / "COMPLETE").read_text() == spec.digest()
 
+
+def test_a_spec_draws_the_same_dataset_in_every_process(tmp_path):
+    """Results on the shapes data are compared across runs and machines: a spec must always give
+    the same images and labels, whatever state numpy's global generator is in."""
+    spec = ShapesSpec(num_train=4, num_val=2, num_test=2, seed=7)
+    first = dataset_sha256(ensure_shapes_dataset(spec, tmp_path / "first"))
+    np.random.seed(123)
+    state = np.random.get_state()[1].copy()
+    again = dataset_sha256(ensure_shapes_dataset(spec, tmp_path / "again"))
+    assert np.array_equal(np.random.get_state()[1], state), "the caller's random state is left as it was"
+    code = ("import sys; from pathlib import Path; from ldcache.demo.shapes import *; "
+            "spec = ShapesSpec(num_train=4, num_val=2, num_test=2, seed=7); "
+            "print(dataset_sha256(ensure_shapes_dataset(spec, Path(sys.argv[1]))))")
+    elsewhere = subprocess.run([sys.executable, "-c", code, str(tmp_path / "elsewhere")], capture_output=True,
+                               text=True, check=True).stdout.split()[-1]  # after kwcoco's progress lines
+    assert first == again == elsewhere

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..paths import ldcache_home
 
 CLASSES = ("star", "eff", "superstar")
-FORMAT = 1  # bump when the layout written here changes, so cached copies are rebuilt
+FORMAT = 2  # bump when what is written here changes, so cached copies are rebuilt
 
 
 @dataclass(frozen=True)
@@ -115,10 +115,19 @@ def _interleaved_images(sizes: tuple[tuple[int, int], ...], count: int, seed: in
 
 def _draw_images(size: tuple[int, int], count: int, seed: int, bundle: Path):
     """Draw `count` images with kwcoco; return (png path, width, height, [(xywh, label)]) each."""
+    import numpy as np
     from kwcoco.demo.toydata_image import demodata_toy_dset
 
-    dset = demodata_toy_dset(image_size=size, n_imgs=count, rng=seed, bundle_dpath=str(bundle),
-                             use_cache=False, verbose=0)
+    # kwcoco draws each shape's category from numpy's global random state, not from `rng` (its
+    # CategoryPatterns is made without it): seeded here, and given back as it was, so that a
+    # spec draws the same dataset in every process.
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        dset = demodata_toy_dset(image_size=size, n_imgs=count, rng=seed, bundle_dpath=str(bundle),
+                                 use_cache=False, verbose=0)
+    finally:
+        np.random.set_state(state)
     label_of = {cat["id"]: CLASSES.index(cat["name"]) + 1
                 for cat in dset.cats.values() if cat["name"] in CLASSES}
     items = []
