@@ -13,15 +13,15 @@ from .family_regions import family_regions
 from .region_rule import RegionRule, atss_rule
 
 
-# A dump sees few distinct pad shapes, and both views of an image share one. At module level
-# (lru_cache is thread-safe), not on the maker: dask's local threads share one maker, and
-# dask.distributed pickles it to its workers.
 def stored_vlr_metrics(region: str, requested: tuple[str, ...]) -> tuple[str, ...]:
     """The VLR metrics whose rows and data a store of this region mode holds, in VLR_METRICS order:
     none for 'main', which keeps the Main rows only."""
     return () if region == "main" else tuple(m for m in VLR_METRICS if m in requested)
 
 
+# A dump sees few distinct pad shapes, and both views of an image share one. At module level
+# (lru_cache is thread-safe), not on the maker: dask's local threads share one maker, and
+# dask.distributed pickles it to its workers.
 @lru_cache(maxsize=16)
 def _grid_anchors(generator, sizes: tuple[tuple[int, int], ...]) -> tuple[torch.Tensor, tuple[int, ...]]:
     per_level = generator.grid_priors(list(sizes), device="cpu")
