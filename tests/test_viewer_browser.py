@@ -68,11 +68,19 @@ def _click_label(driver, container: str, text: str) -> None:
 
 
 def _plot_point(driver, graph: str, x: float, y: float) -> tuple[float, float]:
-    """Offsets from the graph's centre of the data point (x, y), for a real click there."""
+    """Offsets of the data point (x, y) from the graph's in-view centre, for a real click there.
+
+    WebDriver moves a pointer relative to the centre of an element's part inside the viewport, not
+    of the whole element: the page is first scrolled to bring the point to the viewport's middle."""
     return driver.execute_script("""
         const gd = document.querySelector(arguments[0] + ' .js-plotly-plot');
-        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
-        return [xa._offset + xa.l2p(arguments[1]) - box.width / 2, ya._offset + ya.l2p(arguments[2]) - box.height / 2];
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        const px = box => [box.left + xa._offset + xa.l2p(arguments[1]), box.top + ya._offset + ya.l2p(arguments[2])];
+        window.scrollBy(0, px(gd.getBoundingClientRect())[1] - window.innerHeight / 2);
+        const box = gd.getBoundingClientRect(), [pointX, pointY] = px(box);
+        const left = Math.max(box.left, 0), right = Math.min(box.right, window.innerWidth);
+        const top = Math.max(box.top, 0), bottom = Math.min(box.bottom, window.innerHeight);
+        return [pointX - (left + right) / 2, pointY - (top + bottom) / 2];
     """, f"#{graph}", x, y)
 
 
