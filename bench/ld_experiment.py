@@ -56,13 +56,14 @@ after the baseline's runs, which come first (before the teacher), and stated in 
 --baseline-only stops there: a cheap way to pick --student-epochs, whose baseline runs the full
 experiment then reuses; --stop-unconverged stops there only when the rule fails (exit status 3),
 so that an unattended chain of families spends no teacher or LD runs on a schedule the rule
-rejects. A family takes about 3.5 hours on 2 CPU cores, more than one sitting on a machine whose
+rejects. A family takes about 6 hours on 2 CPU cores, more than one sitting on a machine whose
 work_dirs/ does not outlive it, so its records are kept in the repository
 (bench/records/table5_<family>.jsonl, with a record of each teacher: its weights' digest, val
 curve and dump time) and a later sitting takes up where the last one stopped. The LD runs read
 the teacher's store, which lives in OUT: --ld-only trains and dumps the teacher and runs the LD
-rows without the baselines, so that they fit in one sitting; the baselines need no teacher and
-can run in any. A sitting that finds every run recorded writes the section without the teacher.
+rows without the baselines (about 4 hours); a later --ld-only trains the teacher again and goes on
+with the LD runs not recorded if its weights come out the same. The baselines need no teacher and
+can run in any sitting. A sitting that finds every run recorded writes the section without the teacher.
 OUT is work_dirs/experiment_<family>; the family's own section of docs/results.md
 ("## Table 5 on shapes: <Family>", placed in the order of FAMILIES) and its entry under
 "families" in docs/results.json are replaced, the rest of both files kept.
