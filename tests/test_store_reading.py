@@ -141,3 +141,24 @@ def test_a_new_completion_replaces_the_stores_earlier_tables_on_the_machine(tmp_
     assert not tables_folder(store, first).exists(), "the earlier completion's tables are gone"
     assert tables_folder(store, repaired).exists() and tables_folder(other_store, first).exists()
     assert mapped.tolist() == [1, 2, 3, 4], "a reader that mapped them keeps its pages"
+
+
+def test_machines_sharing_a_tables_folder_keep_each_others_tables(tmp_path, monkeypatch):
+    """A home on NFS: the same path names a different local store (another completion) on each machine."""
+    import socket
+    from types import SimpleNamespace
+
+    from ldcache.store import tables
+
+    monkeypatch.setenv("LDCACHE_TABLES", str(tmp_path / "tables"))
+    store = str(tmp_path / "store.zarr")
+    dumps = {host: SimpleNamespace(summary=SimpleNamespace(completion_id=f"dumped on {host}")) for host in "ab"}
+    for host in "ab":
+        monkeypatch.setattr(socket, "gethostname", lambda host=host: host)
+        tables.load_tables(store, dumps[host], lambda names: {name: np.arange(3) for name in names})
+    assert all(tables.tables_folder(store, dumps[host]).exists() for host in "ab")
+
+    repaired = SimpleNamespace(summary=SimpleNamespace(completion_id="repaired on b"))
+    tables.load_tables(store, repaired, lambda names: {name: np.arange(3) for name in names})
+    assert not tables.tables_folder(store, dumps["b"]).exists(), "b's earlier completion is gone"
+    assert tables.tables_folder(store, dumps["a"]).exists(), "a's tables stay: b did not write them"

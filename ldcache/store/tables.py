@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -28,7 +29,7 @@ from .attrs import StoreAttrs
 TABLES = ("ptr", "image_ids", "img_shape", "pad_shape", "scale_factor", "flip", "shard_index", "image_files",
           "gt_ptr", "gt_boxes")
 READY = "ready"  # written last: a folder without it is being written, or was left by a killed reader
-SOURCE = "store"  # the store's location, to find a store's tables of other completions
+SOURCE = "store"  # this machine and the store's location, to find its tables of other completions
 
 
 def tables_folder(store: str, attrs: StoreAttrs) -> Path:
@@ -42,6 +43,10 @@ def _location(store: str) -> str:
     return store if "://" in store else str(Path(store).resolve())
 
 
+def _source(store: str) -> str:
+    return f"{socket.gethostname()}\n{_location(store)}"
+
+
 def load_tables(store: str, attrs: StoreAttrs,
                 read: Callable[[list[str]], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """{name: array} of TABLES and 'image_order', memory-mapped from this machine's copy; `read(names)`
@@ -50,32 +55,33 @@ def load_tables(store: str, attrs: StoreAttrs,
     if not (folder / READY).exists():
         values = read(list(TABLES))
         values["image_order"] = np.argsort(values["image_ids"], kind="stable")
-        if not _write_tables(folder, values, _location(store)):
+        if not _write_tables(folder, values, _source(store)):
             return values
-        _remove_other_completions(folder, _location(store))
+        _remove_other_completions(folder, _source(store))
     # Plain ndarray views of the maps: numpy.memmap pays a Python hook on every index.
     return {name: np.asarray(np.load(folder / f"{name}.npy", mmap_mode="r")) for name in (*TABLES, "image_order")}
 
 
-def _write_tables(folder: Path, values: dict[str, np.ndarray], location: str) -> bool:
+def _write_tables(folder: Path, values: dict[str, np.ndarray], source: str) -> bool:
     """Write the tables, each file atomically (readers racing here write the same bytes); False
     when the folder cannot be written."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for name, array in values.items():
             _write_atomically(folder / f"{name}.npy", lambda f, a=array: np.save(f, np.ascontiguousarray(a)))
-        _write_atomically(folder / SOURCE, lambda f: f.write(location.encode()))
+        _write_atomically(folder / SOURCE, lambda f: f.write(source.encode()))
         _write_atomically(folder / READY, lambda f: f.write(b"ok\n"))
     except OSError:
         return False
     return True
 
 
-def _remove_other_completions(folder: Path, location: str) -> None:
-    """Delete the tables of the store at `location` kept for completions other than `folder`'s."""
+def _remove_other_completions(folder: Path, source: str) -> None:
+    """Delete the tables this machine wrote for the store of `source` (`_source`) and completions
+    other than `folder`'s."""
     for other in folder.parent.iterdir():
         try:
-            if other != folder and (other / SOURCE).read_bytes() == location.encode():
+            if other != folder and (other / SOURCE).read_bytes() == source.encode():
                 shutil.rmtree(other, ignore_errors=True)
         except OSError:  # not a folder of tables, or one another reader is deleting
             continue
