@@ -55,9 +55,10 @@ def load_tables(store: str, attrs: StoreAttrs,
     if not (folder / READY).exists():
         values = read(list(TABLES))
         values["image_order"] = np.argsort(values["image_ids"], kind="stable")
-        if not _write_tables(folder, values, _source(store)):
+        source = _source(store)
+        if not _write_tables(folder, values, source):
             return values
-        _remove_other_completions(folder, _source(store))
+        _remove_other_completions(folder, source)
     # Plain ndarray views of the maps: numpy.memmap pays a Python hook on every index.
     return {name: np.asarray(np.load(folder / f"{name}.npy", mmap_mode="r")) for name in (*TABLES, "image_order")}
 
