@@ -25,9 +25,11 @@ is made on the first --select-seeds seeds; the rows chosen (and the baseline) th
 seed, and the online row every seed. Runs are separate processes, --jobs at a time, each with
 torch threads = 2 / jobs; finished runs (--records, keyed by row, seed, --student-epochs,
 --lr-drops, the dataset (the digest of its images and labels) and, for LD rows, the teacher: the
-digest of its weights; each teacher is trained
-and dumped in its own folder, named by its epochs) are not redone, so an interrupted
-experiment resumes.
+digest of its weights; each teacher is trained and dumped in its own folder, named by its epochs)
+are not redone, so an interrupted experiment resumes. A run killed part-way (a teacher's or a
+student's) resumes from the checkpoint of its last validation, where OUT is still there
+(bench/resumable.py): it ends with the weights of an uninterrupted run, and its record counts the
+time of each start up to that checkpoint and lists the epochs it resumed at (`resumed_at`).
 The tables go to docs/results.md (with a summary in docs/results.json, which the demo quotes);
 every '## ' section under them (the analysis, the families' tables) is kept.
 
@@ -62,7 +64,7 @@ work_dirs/ does not outlive it, so its records are kept in the repository
 curve and dump time) and a later sitting takes up where the last one stopped. The LD runs read
 the teacher's store, which lives in OUT: --ld-only trains and dumps the teacher and runs the LD
 rows without the baselines (about 4 hours); a later sitting reuses the teacher and its store if OUT
-is still there, else trains the teacher again and goes on with the LD runs not recorded if its
+is still there (and resumes the run the last one was killed in), else trains the teacher again and goes on with the LD runs not recorded if its
 weights come out the same. The baselines need no teacher and can run in any sitting. A sitting
 that finds every run recorded writes the section without the teacher.
 OUT is work_dirs/experiment_<family>; the family's own section of docs/results.md
@@ -83,11 +85,13 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's own modules, run as a script or not
+from resumable import checkpoint_options, logged, prepare, train, val_curve
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs/tiny"
@@ -206,24 +210,9 @@ def test_split_options(root: Path) -> dict:
 
 
 def logged_mean(work_dir: Path, key: str) -> float | None:
-    """The mean of a logged training scalar over the newest run in work_dir (mmengine's scalars.json)."""
-    logs = sorted(work_dir.glob("*/vis_data/scalars.json"))
-    values = [json.loads(line).get(key) for line in logs[-1].read_text().splitlines()] if logs else []
-    values = [v for v in values if v is not None]
+    """The mean of a logged training scalar over the run in work_dir (mmengine's scalars.json)."""
+    values = [r[key] for r in logged(work_dir)[0].values() if r.get(key) is not None]
     return statistics.mean(values) if values else None
-
-
-def val_curve(work_dir: Path) -> list[tuple[int, float]]:
-    """(epoch, val AP) of every validation of the newest run in work_dir. A validation is a record
-    without the training's "iter"; one without COCO metrics found no box (mmdet's CocoMetric then
-    returns nothing): 0 AP."""
-    logs = sorted(work_dir.glob("*/vis_data/scalars.json"))
-    curve = {}
-    for line in (logs[-1].read_text().splitlines() if logs else []):
-        record = json.loads(line)
-        if "iter" not in record:
-            curve.setdefault(int(record["step"]), float(record.get("coco/bbox_mAP", 0.0)))
-    return sorted(curve.items())
 
 
 def iterations_per_epoch(train_images: int) -> int:
@@ -232,7 +221,8 @@ def iterations_per_epoch(train_images: int) -> int:
 
 
 def train_one(job: dict) -> dict:
-    """One student run (in its own process): train, then COCO AP on val and on test."""
+    """One student run (in its own process): train, resuming the killed start of the same job if
+    any, then COCO AP on val and on test."""
     import torch
 
     from ldcache.train.evaluate import coco_ap
@@ -243,27 +233,28 @@ def train_one(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     os.environ["LDCACHE_DATA_ROOT"] = job["root"] + "/"
     root, work, row, epochs = Path(job["root"]), Path(job["work"]), job["row"], job["epochs"]
-    # One checkpoint, at the end: nothing reads the students' (about 140 MB with AdamW's state).
     drops = tuple(tuple(f) for f in job["lr_drops"])
     options = {**scaled_iteration_schedule(epochs, iterations_per_epoch(job["train_images"]), drops),
-               "train_cfg.val_interval": job["val_interval"], "default_hooks.checkpoint.interval": epochs,
+               "train_cfg.val_interval": job["val_interval"], **checkpoint_options(job["val_interval"]),
                "randomness.seed": job["seed"], "default_hooks.logger.interval": 10, **test_split_options(root),
                **job["options"]}
-    start, cpu_start = time.perf_counter(), time.process_time()
     if row == "baseline":
-        runner = runner_from_config(job["config"], work, options)
+        def build(resume_options: dict, resume: bool):
+            return runner_from_config(job["config"], work, {**options, **resume_options}, resume=resume)
     else:
         source = ({"teacher": (Path(job["teacher"]), Path(job["checkpoint"]))} if row.startswith("online:")
                   else {"cache": Path(job["store"])})
-        runner = build_student_runner(job["config"], work_dir=work, cfg_options=options, **source)
-    runner.train()
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+
+        def build(resume_options: dict, resume: bool):
+            return build_student_runner(job["config"], work_dir=work, cfg_options={**options, **resume_options},
+                                        resume=resume, **source)
+    runner, clock = train(work, build)
     record = {"row": row, "seed": job["seed"], "epochs": epochs, "lr_drops": job["lr_drops"],
               **({} if row == "baseline" else {"teacher_epochs": job["teacher_epochs"],
                                                "teacher_sha256": job["teacher_sha256"]}),
-              "train_seconds": round(seconds, 1),
-              "train_cpu_seconds": round(cpu, 1), "ld_main_weight_mean": logged_mean(work, "ld_main_weight_mean"),
-              "val_curve": val_curve(work)}
+              "train_seconds": clock.seconds(), "train_cpu_seconds": clock.cpu_seconds(),
+              **({"resumed_at": clock.resumed_at} if clock.resumed_at else {}),
+              "ld_main_weight_mean": logged_mean(work, "ld_main_weight_mean"), "val_curve": val_curve(work)}
     for split, evaluate in (("val", runner.val), ("test", runner.test)):
         record.update({f"{split}_{k}": v for k, v in coco_ap(evaluate()).items()})
     return record
@@ -350,9 +341,9 @@ class Experiment:
                "options": {} if plain else self.options(row), "store": str(self.inputs.store),
                "teacher": str(self.family.teacher), "checkpoint": str(self.inputs.checkpoint), "work": str(work),
                "threads": max(1, 2 // self.args.jobs)}
-        work.mkdir(parents=True, exist_ok=True)
+        prepare(work, job)
         env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"])}
-        with open(work / "run.log", "w") as log:
+        with open(work / "run.log", "a") as log:  # a resumed job's log follows its killed start's
             subprocess.run([sys.executable, __file__, "--job", json.dumps(job)], check=True, env=env,
                            stdout=log, stderr=subprocess.STDOUT)
         return json.loads((work / "record.json").read_text())
@@ -389,20 +380,32 @@ def weights_sha256(checkpoint: Path) -> str:
     return digest.hexdigest()
 
 
+def train_teacher(config: Path, work: Path, options: dict) -> dict:
+    """Train a teacher in `work`, resuming its killed start if any; returns its COCO AP on val and
+    its training time (wall seconds, across resumes)."""
+    from ldcache.train.evaluate import coco_ap
+    from ldcache.train.runner import runner_from_config
+
+    prepare(work, {"config": str(config), "options": options})
+    runner, clock = train(work, lambda resume_options, resume: runner_from_config(
+        config, work, {**options, **resume_options}, resume=resume))
+    return {**coco_ap(runner.test()), "seconds": clock.seconds(),
+            **({"resumed_at": clock.resumed_at} if clock.resumed_at else {})}
+
+
 def teacher_and_store(args, family: Family, root: Path) -> tuple[Inputs, dict]:
     """The family's teacher trained on train, and its dump: each done once and reused. Returns them
     and the teacher's record: its epochs, weights digest, metrics, val curve and dump time."""
-    from ldcache.demo.run import run_once, train_and_test
+    from ldcache.demo.run import run_once
     from ldcache.dump.run import DumpOptions, run_dump
     from ldcache.domain.views import parse_views
     from ldcache.train.schedule import scaled_schedule
 
-    # One checkpoint, at the end (the dump's): run_once redoes an unfinished teacher from the start.
     options = {**scaled_schedule(args.teacher_epochs, args.teacher_val_interval), "default_hooks.logger.interval": 20,
-               "default_hooks.checkpoint.interval": args.teacher_epochs, **family.teacher_options}
+               **checkpoint_options(args.teacher_val_interval), **family.teacher_options}
     # Keyed by the teacher's epochs: another --teacher-epochs trains and dumps its own teacher.
     name = f"teacher_{args.teacher_epochs}ep"
-    teacher = run_once(args.out / name, lambda: train_and_test(family.teacher, args.out / name, options))
+    teacher = run_once(args.out / name, lambda: train_teacher(family.teacher, args.out / name, options))
     checkpoint = Path((args.out / name / "last_checkpoint").read_text().strip())
     store = args.out / f"{name}.zarr"
     dump_info = run_once(args.out / f"dump_{args.teacher_epochs}ep", lambda: run_dump(DumpOptions(

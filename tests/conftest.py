@@ -361,3 +361,23 @@ def browser(monkeypatch):
         yield driver
     finally:
         driver.quit()
+
+
+class Killed(Exception):
+    """Stands for a training run killed part-way (see `killed_at`)."""
+
+
+def killed_at(stage: str):
+    """An mmengine hook that raises Killed at the first `stage` ("after_train_epoch": once the
+    epoch's checkpoint is written; "after_val_epoch": once its validation is logged), after every
+    other hook of that stage."""
+    from mmengine.hooks import Hook
+
+    class KillHook(Hook):
+        priority = "LOWEST"
+
+    def kill(self, runner, *args, **kwargs):
+        raise Killed
+
+    setattr(KillHook, stage, kill)
+    return KillHook()

@@ -48,14 +48,16 @@ def use_shapes_dataset(root: Path) -> Path:
 
 
 def run_once(folder: Path, run) -> dict:
-    """Run a step once: its metrics.json is the proof it finished, and is reused afterwards."""
+    """Run a step once: its metrics.json is the proof it finished, and is reused afterwards. Its
+    "seconds" are the step's time, unless the step gives its own (one that resumes counts its
+    earlier starts)."""
     done = folder / "metrics.json"
     if done.is_file():
         console.out.print(f"[green]✓[/] reusing {folder} (use --fresh to redo)")
         return json.loads(done.read_text())
     start = time.perf_counter()
     metrics = run()
-    metrics["seconds"] = round(time.perf_counter() - start, 1)
+    metrics.setdefault("seconds", round(time.perf_counter() - start, 1))
     folder.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(metrics, indent=2))
     return metrics

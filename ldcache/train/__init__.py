@@ -8,5 +8,5 @@ ops (`nms.py`). Call `ldcache.train.install()` yourself with any other runner.
 """
 from . import (cached_ld_atss_head, cached_ld_fcos_head, cached_ld_gflv2_head, cached_ld_head,  # noqa: F401
                cached_ld_retina_head, check_hook, load_ld_targets,
-               online_ld_gfl, progress_bar_hook, runner)
+               online_ld_gfl, progress_bar_hook, random_state_hook, runner)
 from .runner import install  # noqa: F401

@@ -16,6 +16,7 @@ from .. import checkpoint_trust
 from ..checkpoint_trust import SIGNATURE_SUFFIX, sign_checkpoint
 from ..domain.ld_config import load_config
 from .nms import route_cuda_nms_to_torchvision
+from .random_state_hook import RandomStateHook
 
 
 def install() -> None:
@@ -33,7 +34,9 @@ def install() -> None:
 
 @RUNNERS.register_module()
 class LDCacheRunner(Runner):
-    """A Runner whose checkpoints are trusted on resume (see ``ldcache.checkpoint_trust``).
+    """A Runner whose checkpoints are trusted on resume (see ``ldcache.checkpoint_trust``) and
+    carry the random states, so that a resumed run continues as the uninterrupted one would have
+    (``RandomStateHook``).
 
     Use it with ``runner_type = 'LDCacheRunner'`` in a config; everything else is mmengine's. It
     calls :func:`install` when built.
@@ -43,6 +46,8 @@ class LDCacheRunner(Runner):
         # Before mmengine builds the model: an online teacher loads its checkpoint there.
         install()
         super().__init__(*args, **kwargs)
+        if not any(isinstance(hook, RandomStateHook) for hook in self.hooks):
+            self.register_hook(RandomStateHook())
 
     @master_only
     def save_checkpoint(self, out_dir, filename, *args, **kwargs):
