@@ -511,8 +511,12 @@ def paired(exp: Experiment, row: str, key: str = "test_bbox_mAP") -> list[float]
     return [r[key] - base[r["seed"]] for r in sorted(exp.runs(row), key=lambda r: r["seed"]) if r["seed"] in base]
 
 
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def _mean_std(values: list[float]) -> str:
-    return f"{statistics.mean(values):.3f} +- {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+    return f"{statistics.mean(values):.3f} +- {_std(values):.3f}"
 
 
 def table_lines(exp: Experiment) -> list[str]:
@@ -657,7 +661,8 @@ def verdict_text(exp: Experiment, row: str) -> str:
         words = ("hurts: below the baseline by more than the seeds' spread" if v["beyond_spread"] else
                  "does not help: not above the baseline on average, within the seeds' spread")
     return (f"**Result: cached LD (`{row}`) {words}.** Test AP minus the baseline's, paired by seed: "
-            f"{v['paired_mean']:+.3f} +- {v['paired_std']:.3f} over {v['seeds']} seeds "
+            # From the differences, not from verdict()'s 4-digit rounding: the table's figures to the digit.
+            f"{statistics.mean(diffs):+.3f} +- {_std(diffs):.3f} over {v['seeds']} seeds "
             f"(per seed {' '.join(f'{d:+.3f}' for d in diffs)}).")
 
 
