@@ -64,9 +64,10 @@ work_dirs/ does not outlive it, so its records are kept in the repository
 curve and dump time) and a later sitting takes up where the last one stopped. The LD runs read
 the teacher's store, which lives in OUT: --ld-only trains and dumps the teacher and runs the LD
 rows without the baselines (about 4 hours); a later sitting reuses the teacher and its store if OUT
-is still there (and resumes the run the last one was killed in), else trains the teacher again and goes on with the LD runs not recorded if its
-weights come out the same. The baselines need no teacher and can run in any sitting. A sitting
-that finds every run recorded writes the section without the teacher.
+is still there (and resumes the run the last one was killed in), else trains the teacher again
+and goes on with the LD runs not recorded if its weights come out the same. The baselines need no
+teacher and can run in any sitting. A sitting that finds every run recorded writes the section
+without the teacher.
 OUT is work_dirs/experiment_<family>; the family's own section of docs/results.md
 ("## Table 5 on shapes: <Family>", placed in the order of FAMILIES) and its entry under
 "families" in docs/results.json are replaced, the rest of both files kept.
