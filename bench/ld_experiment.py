@@ -698,8 +698,21 @@ def family_section(exp: Experiment, setup: dict) -> str:
         *table_lines(exp),
         "",
         verdict_text(exp, chosen),
+        *resumed_lines(exp, setup["teacher"]),
     ]
     return "\n".join(lines)
+
+
+def resumed_lines(exp: Experiment, teacher: dict) -> list[str]:
+    """The runs of the section that were killed and resumed, and where; none: no line."""
+    resumed = [("the teacher", teacher["resumed_at"])] if teacher.get("resumed_at") else []
+    resumed += [(f"`{r['row']}` seed {r['seed']}", r["resumed_at"]) for row in exp.rows()
+                for r in sorted(exp.runs(row), key=lambda r: r["seed"]) if r.get("resumed_at")]
+    if not resumed:
+        return []
+    where = "; ".join(f"{run} at epoch {', '.join(map(str, epochs))}" for run, epochs in resumed)
+    return ["", f"Resumed after a kill, from the checkpoint of the last validation (the weights of an "
+                f"uninterrupted run; each start's time counted up to that checkpoint): {where}."]
 
 
 def teacher_margin_text(exp: Experiment, teacher_ap: float) -> str:

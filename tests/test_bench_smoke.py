@@ -84,6 +84,7 @@ def _family_records(path, dataset):
     runs = [TEACHER, *[_run("baseline", s, 0.74, t) for s, t in ((0, 0.713), (1, 0.70), (2, 0.72))]]
     runs += [_run("ld@official", 0, 0.70, 0.69), *[_run("ld@official/10", s, 0.76, t)
                                                    for s, t in ((0, 0.73), (1, 0.71), (2, 0.735))]]
+    runs[2]["resumed_at"] = [8, 40]  # baseline seed 1, killed twice
     runs.append({**_run("ld@official", 1, 0.9, 0.9), "teacher_sha256": "b" * 64})
     runs = [{**r, "dataset_sha256": dataset} for r in runs]
     runs.append({**_run("ld@official", 2, 0.9, 0.9), "dataset_sha256": "c" * 64})
@@ -107,7 +108,8 @@ def test_a_familys_table_5_section_states_its_schedule_and_paired_results(tmp_pa
     family = bench.FAMILIES["retina"]
     exp = bench.Experiment(args, family, bench.Inputs(tmp_path), lambda row: {})
     exp.teacher = exp.recorded_teacher()["weights_sha256"]
-    setup = {"argv": " ".join(sys.argv[1:]), **TEACHER, "chosen": "ld@official/10", "select": [0],
+    setup = {"argv": " ".join(sys.argv[1:]), **TEACHER, "teacher": {"bbox_mAP": 0.8, "resumed_at": [60]},
+             "chosen": "ld@official/10", "select": [0],
              "losses": bench.HeadLosses.of(family.cached).built(),
              "selection": {row: exp.mean(row, seeds=[0]) for row in ("baseline", *bench.FAMILY_LD_ROWS)}}
     section = bench.write_family_results(exp, setup, results)
@@ -118,6 +120,8 @@ def test_a_familys_table_5_section_states_its_schedule_and_paired_results(tmp_pa
     assert "Teacher val AP 0.800 against the baseline students' 0.740 (mean of 3 seeds): +0.060." in said
     assert "| baseline | 3 |" in said and "| ld@official | 1 |" in said and "| ld@official/10 | 3 |" in said
     assert "| +0.017 +0.010 +0.015 | 1300 | 2600 |" in said and "helps" in said.split("**Result")[1]
+    assert said.endswith("each start's time counted up to that checkpoint): the teacher at epoch 60; "
+                         "`baseline` seed 1 at epoch 8, 40.")
     text = results.read_text()
     assert "kept as it is" in text and text.index("## The GFL experiment") < text.index("## Table 5 on shapes")
     summary = json.loads(results.with_suffix(".json").read_text())["families"]["retina"]
