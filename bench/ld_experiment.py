@@ -240,16 +240,16 @@ def train_one(job: dict) -> dict:
                "randomness.seed": job["seed"], "default_hooks.logger.interval": 10, **test_split_options(root),
                **job["options"]}
     if row == "baseline":
-        def build(resume_options: dict, resume: bool):
-            return runner_from_config(job["config"], work, {**options, **resume_options}, resume=resume)
+        def build(cfg_options: dict, resume: bool):
+            return runner_from_config(job["config"], work, cfg_options, resume=resume)
     else:
         source = ({"teacher": (Path(job["teacher"]), Path(job["checkpoint"]))} if row.startswith("online:")
                   else {"cache": Path(job["store"])})
 
-        def build(resume_options: dict, resume: bool):
-            return build_student_runner(job["config"], work_dir=work, cfg_options={**options, **resume_options},
-                                        resume=resume, **source)
-    runner, clock = train(work, build)
+        def build(cfg_options: dict, resume: bool):
+            return build_student_runner(job["config"], work_dir=work, cfg_options=cfg_options, resume=resume,
+                                        **source)
+    runner, clock = train(work, options, build)
     record = {"row": row, "seed": job["seed"], "epochs": epochs, "lr_drops": job["lr_drops"],
               **({} if row == "baseline" else {"teacher_epochs": job["teacher_epochs"],
                                                "teacher_sha256": job["teacher_sha256"]}),
@@ -388,8 +388,8 @@ def train_teacher(config: Path, work: Path, options: dict) -> dict:
     from ldcache.train.runner import runner_from_config
 
     prepare(work, {"config": str(config), "options": options})
-    runner, clock = train(work, lambda resume_options, resume: runner_from_config(
-        config, work, {**options, **resume_options}, resume=resume))
+    runner, clock = train(work, options, lambda cfg_options, resume: runner_from_config(
+        config, work, cfg_options, resume=resume))
     return {**coco_ap(runner.test()), "seconds": clock.seconds(),
             **({"resumed_at": clock.resumed_at} if clock.resumed_at else {})}
 

@@ -28,7 +28,8 @@ def prepare(work: Path, spec: dict) -> None:
     """Make `work` the folder of a job of `spec`: kept as it is if it holds this spec (a killed start
     to resume), else emptied and given the spec."""
     work.mkdir(parents=True, exist_ok=True)
-    if (work / SPEC).is_file() and json.loads((work / SPEC).read_text()) == spec:
+    # Compared as JSON keeps it: a tuple in `spec` comes back a list, and must not read as another job.
+    if (work / SPEC).is_file() and json.loads((work / SPEC).read_text()) == json.loads(json.dumps(spec)):
         return
     for path in work.iterdir():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -43,12 +44,12 @@ def resume_point(work: Path) -> Path | None:
     return next((p for p in points if _epoch(p) in validated), None)
 
 
-def train(work: Path, build: Callable[[dict, bool], object]):
+def train(work: Path, options: dict, build: Callable[[dict, bool], object]):
     """Train the run in `work` (`prepare`d), from its resume point if it has one. `build(options,
-    resume)` returns the mmengine Runner, `options` holding the checkpoint to resume from (or
-    nothing). Returns the runner (trained) and its `run_clock`."""
+    resume)` returns the mmengine Runner: `options` are the run's, with the checkpoint to resume from
+    added. Returns the runner (trained) and its `run_clock`."""
     point = resume_point(work)
-    runner = build({"load_from": str(point)} if point else {}, point is not None)
+    runner = build({**options, **({"load_from": str(point)} if point else {})}, point is not None)
     clock = run_clock()
     runner.register_hook(clock)
     runner.train()

@@ -28,6 +28,11 @@ def test_a_folder_of_another_job_is_emptied_and_one_of_the_same_job_kept(tmp_pat
     (work / "epoch_8.pth").write_bytes(b"")
     resumable.prepare(work, {"seed": 0})
     assert (work / "epoch_8.pth").exists()
+    resumable.prepare(work, {"seed": 0, "drops": (1, 2)})  # JSON keeps the tuple as a list
+    resumable.prepare(work, {"seed": 0, "drops": (1, 2)})
+    (work / "epoch_8.pth").write_bytes(b"")
+    resumable.prepare(work, {"seed": 0, "drops": (1, 2)})
+    assert (work / "epoch_8.pth").exists()
     resumable.prepare(work, {"seed": 1})
     assert not (work / "epoch_8.pth").exists()
     assert json.loads((work / resumable.SPEC).read_text()) == {"seed": 1}
@@ -70,20 +75,19 @@ def test_a_killed_run_resumes_and_counts_its_earlier_start(tmp_path, shapes_root
     resumable.prepare(work, options)
 
     def build(kill):
-        def runner(resume_options, resume):
-            built = runner_from_config(CONFIGS / "tiny" / "gfl_r18_tiny.py", work, {**options, **resume_options},
-                                       resume=resume)
+        def runner(cfg_options, resume):
+            built = runner_from_config(CONFIGS / "tiny" / "gfl_r18_tiny.py", work, cfg_options, resume=resume)
             for hook in kill:
                 built.register_hook(hook)
             return built
         return runner
 
     with pytest.raises(Killed):
-        resumable.train(work, build([killed_at("after_val_epoch")]))
+        resumable.train(work, options, build([killed_at("after_val_epoch")]))
     first = torch.load(work / "epoch_1.pth", weights_only=False)["meta"]
     assert first["resumed_at"] == [] and first["train_seconds"] > 0
 
-    runner, clock = resumable.train(work, build([]))
+    runner, clock = resumable.train(work, options, build([]))
     assert runner.train_loop.epoch == 2 and clock.resumed_at == [1]
     assert clock.seconds() > first["train_seconds"] and clock.cpu_seconds() > first["train_cpu_seconds"]
     assert [epoch for epoch, _ in resumable.val_curve(work)] == [1, 2]
