@@ -6,18 +6,10 @@
 # beside the store: STORE must be on storage they reach. Options can be set from the environment:
 #   DASK_SCHEDULER=tcp://scheduler.cluster:8786 bash pipelines/dask_pass1.sh
 set -euo pipefail
-set -f  # the *_ARGS and CFG_OPTIONS variables are split on spaces; never expand a glob in them
 
 DASK_SCHEDULER=${DASK_SCHEDULER:-}  # tcp://HOST:8786 of a running cluster; empty: start a local one
 DASK_WORKERS=${DASK_WORKERS:-4}     # worker processes of the local cluster, one thread each
-LD_CONFIG=${LD_CONFIG:-mmdet::ld/ld_r18-gflv1-r101_fpn_1x_coco.py}  # mmdet LD config: teacher, student, data
-TEACHER_CKPT=${TEACHER_CKPT:-}      # the teacher's weights; empty: the config's model.teacher_ckpt
-STORE=${STORE:-caches/ld_teacher.zarr}
-WORK_DIR=${WORK_DIR:-work_dirs/ld_cached}
-CFG_OPTIONS=${CFG_OPTIONS:-}        # key=value config overrides for every stage, space-separated
-DUMP_ARGS=${DUMP_ARGS:-}            # more dump-teacher options, e.g. "--dtype q8 --workers 8"
-TRAIN_ARGS=${TRAIN_ARGS:-}          # more train-student options
-EVAL_ARGS=${EVAL_ARGS:-}            # more evaluate options, e.g. --json
+source "$(dirname "${BASH_SOURCE[0]}")/settings.sh"
 
 if [[ -z $DASK_SCHEDULER ]]; then
     cluster=$(mktemp -d)
@@ -37,9 +29,6 @@ if [[ -z $DASK_SCHEDULER ]]; then
 client = distributed.Client(scheduler_file=sys.argv[1]); client.wait_for_workers(int(sys.argv[2]))
 print(client.scheduler.address)' "$cluster/scheduler.json" "$DASK_WORKERS")
 fi
-
-cfg_options=()
-for option in $CFG_OPTIONS; do cfg_options+=(--cfg-options "$option"); done
 
 # --resume makes a re-run of this script go on where the last one stopped: it finishes a killed
 # dump (a finished store is checked and kept) and resumes training from its last checkpoint.

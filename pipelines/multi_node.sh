@@ -5,24 +5,14 @@
 # shared filesystem, or an object store for STORE). Options can be set from the environment, e.g.
 #   NODE_RANK=1 MASTER_ADDR=node0.cluster bash pipelines/multi_node.sh
 set -euo pipefail
-set -f  # the *_ARGS and CFG_OPTIONS variables are split on spaces; never expand a glob in them
 
 NNODES=${NNODES:-2}
 NODE_RANK=${NODE_RANK:?set NODE_RANK: 0 on the first node, 1 to NNODES-1 on the others}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 MASTER_ADDR=${MASTER_ADDR:?set MASTER_ADDR: the address of node 0, reachable from every node}
 MASTER_PORT=${MASTER_PORT:-29500}   # the dump's rendezvous; the training's is MASTER_PORT+1
-LD_CONFIG=${LD_CONFIG:-mmdet::ld/ld_r18-gflv1-r101_fpn_1x_coco.py}  # mmdet LD config: teacher, student, data
-TEACHER_CKPT=${TEACHER_CKPT:-}      # the teacher's weights; empty: the config's model.teacher_ckpt
-STORE=${STORE:-caches/ld_teacher.zarr}
-WORK_DIR=${WORK_DIR:-work_dirs/ld_cached}
-CFG_OPTIONS=${CFG_OPTIONS:-}        # key=value config overrides for every stage, space-separated
-DUMP_ARGS=${DUMP_ARGS:-}            # more dump-teacher options, e.g. "--dtype q8 --workers 8"
-TRAIN_ARGS=${TRAIN_ARGS:-}          # more train-student options
-EVAL_ARGS=${EVAL_ARGS:-}            # more evaluate options, e.g. --json
+source "$(dirname "${BASH_SOURCE[0]}")/settings.sh"
 
-cfg_options=()
-for option in $CFG_OPTIONS; do cfg_options+=(--cfg-options "$option"); done
 # A static rendezvous: node k's processes are global ranks k*GPUS_PER_NODE..., so global rank 0,
 # which writes the checkpoints, runs on node 0, where the evaluation reads them.
 torchrun=(torchrun --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$GPUS_PER_NODE"

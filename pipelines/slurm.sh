@@ -5,7 +5,6 @@
 #   PARTITION=gpu NODES=2 bash pipelines/slurm.sh [--dry-run]
 # --dry-run prints the srun commands (shell-quoted) instead of running them.
 set -euo pipefail
-set -f  # the *_ARGS and CFG_OPTIONS variables are split on spaces; never expand a glob in them
 
 PARTITION=${PARTITION:-}            # empty: the cluster's default partition
 JOB_NAME=${JOB_NAME:-ldcache}
@@ -14,14 +13,7 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}   # the dump's image decoding and the DataLoader workers
 SRUN_ARGS=${SRUN_ARGS:-}            # more srun options for every step, e.g. "--time=12:00:00"
 export MASTER_PORT=${MASTER_PORT:-29500}  # rank 0's rendezvous port, on the first node of each step
-LD_CONFIG=${LD_CONFIG:-mmdet::ld/ld_r18-gflv1-r101_fpn_1x_coco.py}  # mmdet LD config: teacher, student, data
-TEACHER_CKPT=${TEACHER_CKPT:-}      # the teacher's weights; empty: the config's model.teacher_ckpt
-STORE=${STORE:-caches/ld_teacher.zarr}
-WORK_DIR=${WORK_DIR:-work_dirs/ld_cached}
-CFG_OPTIONS=${CFG_OPTIONS:-}        # key=value config overrides for every stage, space-separated
-DUMP_ARGS=${DUMP_ARGS:-}            # more dump-teacher options, e.g. "--dtype q8"
-TRAIN_ARGS=${TRAIN_ARGS:-}          # more train-student options
-EVAL_ARGS=${EVAL_ARGS:-}            # more evaluate options, e.g. --json
+source "$(dirname "${BASH_SOURCE[0]}")/settings.sh"
 
 dry_run=false
 if [[ ${1:-} == --dry-run ]]; then dry_run=true; fi
@@ -29,8 +21,6 @@ run() {
     if $dry_run; then echo "${*@Q}"; else "$@"; fi
 }
 
-cfg_options=()
-for option in $CFG_OPTIONS; do cfg_options+=(--cfg-options "$option"); done
 srun=(srun ${PARTITION:+--partition="$PARTITION"} --job-name="$JOB_NAME" --cpus-per-task="$CPUS_PER_TASK"
       --kill-on-bad-exit=1 $SRUN_ARGS)
 one_task=("${srun[@]}" --nodes=1 --ntasks=1 --gres=gpu:1)
