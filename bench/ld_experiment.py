@@ -254,7 +254,7 @@ def train_one(job: dict) -> dict:
               **({} if row == "baseline" else {"teacher_epochs": job["teacher_epochs"],
                                                "teacher_sha256": job["teacher_sha256"]}),
               "train_seconds": clock.seconds(), "train_cpu_seconds": clock.cpu_seconds(),
-              **({"resumed_at": clock.resumed_at} if clock.resumed_at else {}),
+              **clock.resumes(),
               "ld_main_weight_mean": logged_mean(work, "ld_main_weight_mean"), "val_curve": val_curve(work)}
     for split, evaluate in (("val", runner.val), ("test", runner.test)):
         record.update({f"{split}_{k}": v for k, v in coco_ap(evaluate()).items()})
@@ -391,7 +391,7 @@ def train_teacher(config: Path, work: Path, options: dict) -> dict:
     runner, clock = train(work, options, lambda cfg_options, resume: runner_from_config(
         config, work, cfg_options, resume=resume))
     return {**coco_ap(runner.test()), "seconds": clock.seconds(),
-            **({"resumed_at": clock.resumed_at} if clock.resumed_at else {})}
+            **clock.resumes()}
 
 
 def teacher_and_store(args, family: Family, root: Path) -> tuple[Inputs, dict]:

@@ -82,7 +82,7 @@ def run_clock():
     """An mmengine hook that keeps, in each checkpoint's meta, the run's training time (wall and CPU
     seconds) up to it and the epochs it was resumed at; time after the last checkpoint of a killed
     start is not counted (the resumed start trains those epochs again). Read `seconds()`,
-    `cpu_seconds()` and `resumed_at` after training."""
+    `cpu_seconds()` and `resumes()` after training."""
     from mmengine.hooks import Hook
 
     class RunClock(Hook):
@@ -95,6 +95,11 @@ def run_clock():
 
         def cpu_seconds(self) -> float:
             return round(self.before[1] + time.process_time() - self.start[1], 1)
+
+        def resumes(self) -> dict:
+            # A record names the epochs it resumed at only when it was resumed, keeping records of
+            # uninterrupted runs as they were.
+            return {"resumed_at": self.resumed_at} if self.resumed_at else {}
 
         def before_save_checkpoint(self, runner, checkpoint):
             checkpoint["meta"].update(train_seconds=self.seconds(), train_cpu_seconds=self.cpu_seconds(),

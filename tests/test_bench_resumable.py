@@ -87,8 +87,9 @@ def test_a_killed_run_resumes_and_counts_its_earlier_start(tmp_path, shapes_root
     first = torch.load(work / "epoch_1.pth", weights_only=False)["meta"]
     assert first["resumed_at"] == [] and first["train_seconds"] > 0
 
+    assert resumable.run_clock().resumes() == {}  # a run never killed names no resume
     runner, clock = resumable.train(work, options, build([]))
-    assert runner.train_loop.epoch == 2 and clock.resumed_at == [1]
+    assert runner.train_loop.epoch == 2 and clock.resumes() == {"resumed_at": [1]}
     assert clock.seconds() > first["train_seconds"] and clock.cpu_seconds() > first["train_cpu_seconds"]
     assert [epoch for epoch, _ in resumable.val_curve(work)] == [1, 2]
     # max_keep_ckpts: the two newest checkpoints, whose meta carries the resume.
