@@ -331,17 +331,26 @@ class Experiment:
                 self._append(record)
                 print(json.dumps(record), flush=True)
 
-    def _subprocess(self, row: str, seed: int) -> dict:
+    def job(self, row: str, seed: int) -> dict:
+        """The spec of one run, which names its folder's job (`resumable.prepare`). A baseline's
+        carries nothing of the teacher, so that one killed after the teacher became known resumes."""
         work = self.args.out / "".join(c if c.isalnum() else "_" for c in row) / f"seed{seed}"
         plain = row == "baseline"
         job = {"row": row, "seed": seed, "epochs": self.args.student_epochs, "lr_drops": self.args.lr_drops,
-               "teacher_epochs": self.args.teacher_epochs, "teacher_sha256": self.teacher,
                "train_images": self.args.train,
                "val_interval": self.args.student_val_interval, "root": str(self.inputs.root),
                "config": str(self.family.plain if plain else self.family.cached),
-               "options": {} if plain else self.options(row), "store": str(self.inputs.store),
-               "teacher": str(self.family.teacher), "checkpoint": str(self.inputs.checkpoint), "work": str(work),
+               "options": {} if plain else self.options(row), "work": str(work),
                "threads": max(1, 2 // self.args.jobs)}
+        if not plain:
+            job.update(teacher_epochs=self.args.teacher_epochs, teacher_sha256=self.teacher,
+                       store=str(self.inputs.store), teacher=str(self.family.teacher),
+                       checkpoint=str(self.inputs.checkpoint))
+        return job
+
+    def _subprocess(self, row: str, seed: int) -> dict:
+        job = self.job(row, seed)
+        work = Path(job["work"])
         prepare(work, job)
         env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"])}
         with open(work / "run.log", "a") as log:  # a resumed job's log follows its killed start's

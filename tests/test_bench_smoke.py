@@ -129,6 +129,24 @@ def test_a_familys_table_5_section_states_its_schedule_and_paired_results(tmp_pa
     assert summary["convergence"]["converged"] is True and summary["teacher_weights_sha256"] == "a" * 64
 
 
+def test_a_baselines_job_is_the_same_before_and_after_the_teacher_is_known(tmp_path, monkeypatch):
+    """A baseline killed after the teacher was trained must resume in the next sitting, which runs
+    the baselines before it knows the teacher: its job names nothing of the teacher. An LD row's
+    job names its teacher's weights and store, so a run of another teacher starts afresh."""
+    bench = _ld_experiment()
+    monkeypatch.setattr(sys, "argv", ["ld_experiment.py", "--family", "atss", "--out", str(tmp_path)])
+    args = bench.parse_args()
+    exp = bench.Experiment(args, bench.FAMILIES["atss"], bench.Inputs(tmp_path), lambda row: {"x": row})
+    before = {row: exp.job(row, 1) for row in ("baseline", "ld@official")}
+    exp.teacher, exp.inputs = "a" * 64, bench.Inputs(tmp_path, tmp_path / "t.zarr", tmp_path / "t.pth")
+    assert exp.job("baseline", 1) == before["baseline"]
+    assert "teacher_sha256" not in before["baseline"] and "store" not in before["baseline"]
+    after = exp.job("ld@official", 1)
+    assert after != before["ld@official"]
+    assert (after["teacher_sha256"], after["store"], after["options"]) == ("a" * 64, str(tmp_path / "t.zarr"),
+                                                                           {"x": "ld@official"})
+
+
 def test_a_family_whose_runs_are_all_recorded_is_written_without_its_teacher(tmp_path):
     """A later sitting (work_dirs/ gone) finds every run in the records: it writes the family's
     section from them, and trains, dumps and runs nothing."""
